@@ -1,0 +1,2 @@
+/* config.c: placeholder; the configuration module lands next. */
+#include "core/status.h"
