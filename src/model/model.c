@@ -1,0 +1,624 @@
+/*
+ * model.c: model and workspace lifetimes, and the forward and backward passes.
+ *
+ * The forward is written once as explicit layer sequencing; the backward
+ * replays it in reverse. There is no graph and no autodiff. Each layer is three
+ * blocks (self-attention, cross-attention in decoder layers of an
+ * encoder-decoder model, FFN), each wrapped the same way:
+ *   post-LN (paper): out = LN(x + dropout(f(x)))
+ *   pre-LN:          out = x + dropout(f(LN(x)))
+ * Every op goes through src/ops (the reference CPU ops).
+ */
+#include "model/model.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/rng.h"
+#include "core/status.h"
+#include "ops/ops.h"
+
+/* ------------------------------------------------------------- model init */
+
+static void init_tensor(float *p, const tfm_tensor_info *t, int D, uint64_t seed, int index) {
+    tfm_rng rng;
+    tfm_rng_init(&rng, seed, 1000 + (uint64_t)index);
+    switch (t->init) {
+    case TFM_INIT_ZERO:
+        memset(p, 0, t->numel * sizeof *p);
+        break;
+    case TFM_INIT_ONE:
+        for (size_t i = 0; i < t->numel; i++) p[i] = 1.0f;
+        break;
+    case TFM_INIT_XAVIER: {
+        float bound = sqrtf(6.0f / (float)(t->shape[0] + t->shape[1]));
+        for (size_t i = 0; i < t->numel; i++) p[i] = (2.0f * tfm_rng_next_uniform(&rng) - 1.0f) * bound;
+        break;
+    }
+    case TFM_INIT_EMBED: {
+        float std = 1.0f / sqrtf((float)D);
+        for (size_t i = 0; i < t->numel; i++) p[i] = std * tfm_rng_next_normal(&rng);
+        break;
+    }
+    }
+}
+
+tfm_status tfm_model_init(tfm_model *m, const tfm_config *cfg, uint64_t seed) {
+    memset(m, 0, sizeof *m);
+    TFM_TRY(tfm_config_validate(cfg));
+    m->cfg = *cfg;
+    m->dk = tfm_config_dk(cfg);
+    m->dv = tfm_config_dv(cfg);
+    m->qkv_dim = cfg->heads * (2 * m->dk + m->dv);
+    TFM_TRY(tfm_layout_init(&m->layout, cfg));
+    m->params = calloc(m->layout.n_params, sizeof *m->params);
+    if (!m->params) {
+        tfm_model_free(m);
+        return tfm_error(TFM_ERR_NOMEM, "out of memory for %zu parameters", m->layout.n_params);
+    }
+    tfm_status st = tfm_weights_bind(&m->w, cfg, m->params);
+    if (st != TFM_OK) {
+        tfm_model_free(m);
+        return st;
+    }
+    for (int i = 0; i < m->layout.n_tensors; i++) {
+        const tfm_tensor_info *t = &m->layout.tensors[i];
+        if (t->tied_to < 0) init_tensor(m->params + t->offset, t, cfg->d_model, seed, i);
+    }
+    if (cfg->positions == TFM_POS_SINUSOIDAL) {
+        m->pos_table = malloc((size_t)cfg->max_positions * cfg->d_model * sizeof *m->pos_table);
+        if (!m->pos_table) {
+            tfm_model_free(m);
+            return tfm_error(TFM_ERR_NOMEM, "out of memory for the position table");
+        }
+        tfm_sinusoidal_table(m->pos_table, cfg->max_positions, cfg->d_model);
+    }
+    return TFM_OK;
+}
+
+void tfm_model_free(tfm_model *m) {
+    tfm_weights_free(&m->w);
+    tfm_layout_free(&m->layout);
+    free(m->params);
+    free(m->pos_table);
+    memset(m, 0, sizeof *m);
+}
+
+/* -------------------------------------------------------------- workspace */
+
+/* Carves named arrays out of one allocation: a first pass with base == NULL
+ * counts, a second assigns. */
+typedef struct carver {
+    float *base;
+    size_t used;
+} carver;
+
+static float *take(carver *c, size_t n) {
+    float *p = c->base ? c->base + c->used : NULL;
+    c->used += (n + 15) & ~(size_t)15; /* keep every array 64-byte aligned */
+    return p;
+}
+
+static void take_block(carver *c, tfm_block_acts *a, size_t N, int D) {
+    a->ln = take(c, N * D);
+    a->mean = take(c, N);
+    a->rstd = take(c, N);
+    a->res = take(c, N * D);
+}
+
+/* One stack's activations; L its length, S the source length for cross-attention. */
+static void take_stack(carver *c, tfm_stack_acts *s, const tfm_model *m, int layers, int cross,
+                       int B, int L, int S) {
+    const tfm_config *cfg = &m->cfg;
+    size_t N = (size_t)B * L;
+    int D = cfg->d_model, H = cfg->heads;
+    s->embed = take(c, N * D);
+    for (int i = 0; i < layers; i++) {
+        tfm_layer_acts *a = &s->layers[i];
+        take_block(c, &a->self, N, D);
+        a->qkv = take(c, N * m->qkv_dim);
+        a->probs = take(c, (size_t)B * H * L * L);
+        a->att = take(c, N * H * m->dv);
+        if (cross) {
+            take_block(c, &a->cross, N, D);
+            a->cq = take(c, N * H * m->dk);
+            a->ckv = take(c, (size_t)B * S * H * (m->dk + m->dv));
+            a->cprobs = take(c, (size_t)B * H * L * S);
+            a->catt = take(c, N * H * m->dv);
+        }
+        take_block(c, &a->ffn, N, D);
+        a->ffn_h = take(c, N * cfg->d_ff);
+        a->ffn_a = take(c, N * cfg->d_ff);
+    }
+    if (cfg->norm == TFM_NORM_PRE) take_block(c, &s->final, N, D);
+}
+
+static void carve_workspace(carver *c, tfm_workspace *ws, const tfm_model *m) {
+    const tfm_config *cfg = &m->cfg;
+    int B = ws->max_B, S = ws->max_S, T = ws->max_T, D = cfg->d_model, H = cfg->heads;
+    int has_enc = cfg->enc_layers > 0, has_dec = cfg->dec_layers > 0;
+    if (has_enc) take_stack(c, &ws->enc, m, cfg->enc_layers, 0, B, S, 0);
+    if (has_dec) take_stack(c, &ws->dec, m, cfg->dec_layers, has_enc, B, T, S);
+    size_t n_out = (size_t)B * (has_dec ? T : S);
+    size_t n_max = (size_t)B * (S > T ? S : T);
+    int L = S > T ? S : T;
+    ws->logits = take(c, n_out * cfg->tgt_vocab);
+    ws->lse = take(c, n_out);
+    ws->proj = take(c, n_max * D);
+    ws->g0 = take(c, n_max * D);
+    ws->g1 = take(c, n_max * D);
+    ws->gtmp = take(c, n_max * D);
+    ws->datt = take(c, n_max * H * m->dv);
+    ws->dqkv = take(c, n_max * m->qkv_dim);
+    ws->dprobs = take(c, (size_t)B * H * L * L);
+    ws->dffn = take(c, n_max * cfg->d_ff);
+    if (has_enc && has_dec) {
+        ws->dmem = take(c, (size_t)B * S * D);
+        ws->dckv = take(c, (size_t)B * S * H * (m->dk + m->dv));
+    }
+}
+
+tfm_status tfm_workspace_init(tfm_workspace *ws, const tfm_model *m, int max_B, int max_S,
+                              int max_T) {
+    memset(ws, 0, sizeof *ws);
+    const tfm_config *cfg = &m->cfg;
+    int has_enc = cfg->enc_layers > 0, has_dec = cfg->dec_layers > 0;
+    if (max_B <= 0 || (has_enc && max_S <= 0) || (has_dec && max_T <= 0))
+        return tfm_error(TFM_ERR_INVALID, "workspace: batch %d x source %d x target %d is empty",
+                         max_B, max_S, max_T);
+    if (max_S > cfg->max_positions || max_T > cfg->max_positions)
+        return tfm_error(TFM_ERR_INVALID,
+                         "workspace: length %d exceeds max_positions %d", max_S > max_T ? max_S : max_T,
+                         cfg->max_positions);
+    ws->max_B = max_B;
+    ws->max_S = has_enc ? max_S : 0;
+    ws->max_T = has_dec ? max_T : 0;
+    if (has_enc) ws->enc.layers = calloc((size_t)cfg->enc_layers, sizeof *ws->enc.layers);
+    if (has_dec) ws->dec.layers = calloc((size_t)cfg->dec_layers, sizeof *ws->dec.layers);
+    ws->src_pad = calloc((size_t)max_B * (ws->max_S + 1), 1);
+    ws->tgt_pad = calloc((size_t)max_B * (ws->max_T + 1), 1);
+    ws->src_pos = calloc((size_t)max_B * (ws->max_S + 1), sizeof(int32_t));
+    ws->tgt_pos = calloc((size_t)max_B * (ws->max_T + 1), sizeof(int32_t));
+    carver count = {0};
+    carve_workspace(&count, ws, m);
+    ws->mem = malloc(count.used * sizeof(float));
+    if ((has_enc && !ws->enc.layers) || (has_dec && !ws->dec.layers) || !ws->src_pad ||
+        !ws->tgt_pad || !ws->src_pos || !ws->tgt_pos || !ws->mem) {
+        size_t mb = count.used * sizeof(float) >> 20;
+        tfm_workspace_free(ws);
+        return tfm_error(TFM_ERR_NOMEM, "out of memory for activations (%zu MiB) of batch %d x %d x %d",
+                         mb, max_B, max_S, max_T);
+    }
+    carver fill = {.base = ws->mem};
+    carve_workspace(&fill, ws, m);
+    return TFM_OK;
+}
+
+void tfm_workspace_free(tfm_workspace *ws) {
+    free(ws->enc.layers);
+    free(ws->dec.layers);
+    free(ws->src_pad);
+    free(ws->tgt_pad);
+    free(ws->src_pos);
+    free(ws->tgt_pos);
+    free(ws->mem);
+    memset(ws, 0, sizeof *ws);
+}
+
+/* ------------------------------------------------------------ batch check */
+
+static tfm_status check_tokens(const char *what, const int32_t *ids, int B, int L, int vocab) {
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < L; t++) {
+            int32_t id = ids[(size_t)b * L + t];
+            if (id < 0 || id >= vocab)
+                return tfm_error(TFM_ERR_INVALID,
+                                 "batch: %s[%d][%d] = %d is outside the vocabulary [0, %d)", what, b,
+                                 t, id, vocab);
+        }
+    return TFM_OK;
+}
+
+tfm_status tfm_batch_check(const tfm_model *m, const tfm_workspace *ws, const tfm_batch *b) {
+    const tfm_config *cfg = &m->cfg;
+    int has_enc = cfg->enc_layers > 0, has_dec = cfg->dec_layers > 0;
+    if (b->B <= 0) return tfm_error(TFM_ERR_INVALID, "batch: empty batch (B = %d)", b->B);
+    if (b->B > ws->max_B)
+        return tfm_error(TFM_ERR_INVALID, "batch: B = %d exceeds the workspace's %d", b->B, ws->max_B);
+    if (has_enc) {
+        if (!b->src) return tfm_error(TFM_ERR_INVALID, "batch: the model has an encoder but src is NULL");
+        if (b->S <= 0) return tfm_error(TFM_ERR_INVALID, "batch: empty source (S = %d)", b->S);
+        if (b->S > cfg->max_positions)
+            return tfm_error(TFM_ERR_INVALID, "batch: source length %d exceeds max_positions %d",
+                             b->S, cfg->max_positions);
+        if (b->S > ws->max_S)
+            return tfm_error(TFM_ERR_INVALID, "batch: source length %d exceeds the workspace's %d",
+                             b->S, ws->max_S);
+        TFM_TRY(check_tokens("src", b->src, b->B, b->S, cfg->src_vocab));
+    }
+    if (has_dec) {
+        if (!b->tgt_in) return tfm_error(TFM_ERR_INVALID, "batch: the model has a decoder but tgt_in is NULL");
+        if (b->T <= 0) return tfm_error(TFM_ERR_INVALID, "batch: empty target (T = %d)", b->T);
+        if (b->T > cfg->max_positions)
+            return tfm_error(TFM_ERR_INVALID, "batch: target length %d exceeds max_positions %d",
+                             b->T, cfg->max_positions);
+        if (b->T > ws->max_T)
+            return tfm_error(TFM_ERR_INVALID, "batch: target length %d exceeds the workspace's %d",
+                             b->T, ws->max_T);
+        TFM_TRY(check_tokens("tgt_in", b->tgt_in, b->B, b->T, cfg->tgt_vocab));
+    }
+    if (b->targets) TFM_TRY(check_tokens("targets", b->targets, b->B, has_dec ? b->T : b->S, cfg->tgt_vocab));
+    return TFM_OK;
+}
+
+/* ---------------------------------------------------------------- forward */
+
+/* What one stack needs to run: its shape, masks and positions, and for the
+ * decoder of an encoder-decoder model the encoder output. */
+typedef struct stack_ctx {
+    int id;                    /* 0 encoder, 1 decoder: part of the dropout stream */
+    int B, L, N;               /* batch, length, rows */
+    const uint8_t *pad;        /* [B, L] key padding of self-attention */
+    const int32_t *pos;        /* [N] */
+    int causal;
+    const float *memory;       /* [B*S, D] or NULL */
+    const uint8_t *mem_pad;    /* [B, S] */
+    int S;
+    int training;
+    uint64_t seed;
+} stack_ctx;
+
+enum { SITE_SELF_PROBS, SITE_SELF_RES, SITE_CROSS_PROBS, SITE_CROSS_RES, SITE_FFN_ACT, SITE_FFN_RES, SITE_EMBED };
+
+/* A distinct random stream for every dropout site of the model. */
+static uint64_t stream_id(const stack_ctx *c, int layer, int site) {
+    return ((uint64_t)c->id * 4096 + (uint64_t)(layer + 1)) * 16 + (uint64_t)site;
+}
+
+static float drop_p(const stack_ctx *c, float p) { return c->training ? p : 0.0f; }
+
+static tfm_attn_dims self_dims(const tfm_model *m, const stack_ctx *c, int layer) {
+    int H = m->cfg.heads, row = m->qkv_dim;
+    tfm_attn_dims d = {
+        .B = c->B, .H = H, .Tq = c->L, .Tk = c->L, .dk = m->dk, .dv = m->dv,
+        .q_row = row, .q_batch = (long)c->L * row, .k_row = row, .k_batch = (long)c->L * row,
+        .v_row = row, .v_batch = (long)c->L * row,
+        .o_row = H * m->dv, .o_batch = (long)c->L * H * m->dv,
+        .causal = c->causal, .q_offset = 0, .key_pad = c->pad, .key_pad_stride = c->L,
+        .scale = 1.0 / sqrt((double)m->dk),
+        .dropout = drop_p(c, m->cfg.attn_dropout), .seed = c->seed,
+        .stream = stream_id(c, layer, SITE_SELF_PROBS),
+    };
+    return d;
+}
+
+static tfm_attn_dims cross_dims(const tfm_model *m, const stack_ctx *c, int layer) {
+    int H = m->cfg.heads, qrow = H * m->dk, kvrow = H * (m->dk + m->dv);
+    tfm_attn_dims d = {
+        .B = c->B, .H = H, .Tq = c->L, .Tk = c->S, .dk = m->dk, .dv = m->dv,
+        .q_row = qrow, .q_batch = (long)c->L * qrow, .k_row = kvrow, .k_batch = (long)c->S * kvrow,
+        .v_row = kvrow, .v_batch = (long)c->S * kvrow,
+        .o_row = H * m->dv, .o_batch = (long)c->L * H * m->dv,
+        .causal = 0, .q_offset = 0, .key_pad = c->mem_pad, .key_pad_stride = c->S,
+        .scale = 1.0 / sqrt((double)m->dk),
+        .dropout = drop_p(c, m->cfg.attn_dropout), .seed = c->seed,
+        .stream = stream_id(c, layer, SITE_CROSS_PROBS),
+    };
+    return d;
+}
+
+/* The output of a block, given the norm placement. */
+static const float *block_out(const tfm_model *m, const tfm_block_acts *a) {
+    return m->cfg.norm == TFM_NORM_PRE ? a->res : a->ln;
+}
+
+/* Self-attention branch: proj = W^O attention(rope(W_q x), rope(W_k x), W_v x). */
+static void self_attn_forward(const tfm_model *m, tfm_workspace *ws, const stack_ctx *c,
+                              int layer, const tfm_attn_weights *w, tfm_layer_acts *a,
+                              const float *x) {
+    int D = m->cfg.d_model, H = m->cfg.heads;
+    tfm_linear_forward(a->qkv, x, w->in_w, w->in_b, c->N, D, m->qkv_dim);
+    if (m->cfg.positions == TFM_POS_ROPE) {
+        tfm_rope(a->qkv, m->qkv_dim, c->pos, c->N, H, m->dk, m->cfg.rope_theta, 0);
+        tfm_rope(a->qkv + H * m->dk, m->qkv_dim, c->pos, c->N, H, m->dk, m->cfg.rope_theta, 0);
+    }
+    tfm_attn_dims d = self_dims(m, c, layer);
+    tfm_attention_forward(a->att, a->probs, ws->dprobs, a->qkv, a->qkv + H * m->dk,
+                          a->qkv + 2 * H * m->dk, &d);
+    tfm_linear_forward(ws->proj, a->att, w->out_w, w->out_b, c->N, H * m->dv, D);
+}
+
+/* Cross-attention branch: queries from x, keys and values from the encoder
+ * output (rows H*dk.. of in_proj_weight). */
+static void cross_attn_forward(const tfm_model *m, tfm_workspace *ws, const stack_ctx *c,
+                               int layer, const tfm_attn_weights *w, tfm_layer_acts *a,
+                               const float *x) {
+    int D = m->cfg.d_model, H = m->cfg.heads, qd = H * m->dk, kvd = H * (m->dk + m->dv);
+    tfm_linear_forward(a->cq, x, w->in_w, w->in_b, c->N, D, qd);
+    tfm_linear_forward(a->ckv, c->memory, w->in_w + (size_t)qd * D, w->in_b + qd, c->B * c->S, D, kvd);
+    tfm_attn_dims d = cross_dims(m, c, layer);
+    tfm_attention_forward(a->catt, a->cprobs, ws->dprobs, a->cq, a->ckv, a->ckv + qd, &d);
+    tfm_linear_forward(ws->proj, a->catt, w->out_w, w->out_b, c->N, H * m->dv, D);
+}
+
+static void ffn_forward(const tfm_model *m, tfm_workspace *ws, const stack_ctx *c, int layer,
+                        const tfm_layer_weights *w, tfm_layer_acts *a, const float *x) {
+    int D = m->cfg.d_model, F = m->cfg.d_ff;
+    size_t n = (size_t)c->N * F;
+    tfm_linear_forward(a->ffn_h, x, w->ffn_w1, w->ffn_b1, c->N, D, F);
+    tfm_activation_forward(a->ffn_a, a->ffn_h, n, (tfm_act_kind)m->cfg.activation);
+    tfm_dropout(a->ffn_a, a->ffn_a, n, drop_p(c, m->cfg.act_dropout), c->seed,
+                stream_id(c, layer, SITE_FFN_ACT));
+    tfm_linear_forward(ws->proj, a->ffn_a, w->ffn_w2, w->ffn_b2, c->N, F, D);
+}
+
+typedef enum { BLOCK_SELF, BLOCK_CROSS, BLOCK_FFN } block_kind;
+
+/* One residual block: the branch, dropout, the residual sum and LayerNorm,
+ * in the configured order. Returns the block output. */
+static const float *block_forward(const tfm_model *m, tfm_workspace *ws, const stack_ctx *c,
+                                  int layer, const tfm_layer_weights *w, tfm_layer_acts *a,
+                                  block_kind kind, const float *x) {
+    int D = m->cfg.d_model, pre = m->cfg.norm == TFM_NORM_PRE;
+    tfm_block_acts *blk = kind == BLOCK_SELF ? &a->self : kind == BLOCK_CROSS ? &a->cross : &a->ffn;
+    const tfm_norm_weights *nw = kind == BLOCK_SELF ? &w->norm_self : kind == BLOCK_CROSS ? &w->norm_cross : &w->norm_ffn;
+    const float *in = x;
+    if (pre) {
+        tfm_layernorm_forward(blk->ln, blk->mean, blk->rstd, x, nw->w, nw->b, c->N, D, m->cfg.ln_eps);
+        in = blk->ln;
+    }
+    int site;
+    if (kind == BLOCK_SELF) {
+        self_attn_forward(m, ws, c, layer, &w->self_attn, a, in);
+        site = SITE_SELF_RES;
+    } else if (kind == BLOCK_CROSS) {
+        cross_attn_forward(m, ws, c, layer, &w->cross_attn, a, in);
+        site = SITE_CROSS_RES;
+    } else {
+        ffn_forward(m, ws, c, layer, w, a, in);
+        site = SITE_FFN_RES;
+    }
+    tfm_residual_dropout(blk->res, x, ws->proj, (size_t)c->N * D, drop_p(c, m->cfg.dropout), c->seed,
+                         stream_id(c, layer, site));
+    if (!pre)
+        tfm_layernorm_forward(blk->ln, blk->mean, blk->rstd, blk->res, nw->w, nw->b, c->N, D, m->cfg.ln_eps);
+    return block_out(m, blk);
+}
+
+static void embed_forward(const tfm_model *m, const stack_ctx *c, float *out, const int32_t *ids,
+                          const float *table, const float *learned_pos) {
+    const tfm_config *cfg = &m->cfg;
+    int D = cfg->d_model;
+    float scale = cfg->embed_scale ? sqrtf((float)D) : 1.0f;
+    tfm_embedding_forward(out, ids, table, c->N, D, scale);
+    if (cfg->positions == TFM_POS_SINUSOIDAL) tfm_positions_forward(out, m->pos_table, c->pos, c->N, D);
+    if (cfg->positions == TFM_POS_LEARNED) tfm_positions_forward(out, learned_pos, c->pos, c->N, D);
+    tfm_dropout(out, out, (size_t)c->N * D, drop_p(c, cfg->embed_dropout), c->seed,
+                stream_id(c, -1, SITE_EMBED));
+}
+
+static void stack_forward(const tfm_model *m, tfm_workspace *ws, const stack_ctx *c,
+                          tfm_stack_acts *s, const tfm_layer_weights *layers, int n_layers,
+                          const tfm_norm_weights *final_norm, const int32_t *ids,
+                          const float *table, const float *learned_pos) {
+    embed_forward(m, c, s->embed, ids, table, learned_pos);
+    const float *x = s->embed;
+    for (int l = 0; l < n_layers; l++) {
+        tfm_layer_acts *a = &s->layers[l];
+        x = block_forward(m, ws, c, l, &layers[l], a, BLOCK_SELF, x);
+        if (c->memory) x = block_forward(m, ws, c, l, &layers[l], a, BLOCK_CROSS, x);
+        x = block_forward(m, ws, c, l, &layers[l], a, BLOCK_FFN, x);
+    }
+    if (m->cfg.norm == TFM_NORM_PRE) {
+        tfm_layernorm_forward(s->final.ln, s->final.mean, s->final.rstd, x, final_norm->w,
+                              final_norm->b, c->N, m->cfg.d_model, m->cfg.ln_eps);
+        x = s->final.ln;
+    }
+    s->out = x;
+}
+
+static void fill_masks(const tfm_model *m, uint8_t *pad, int32_t *pos, const int32_t *ids, int B, int L) {
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < L; t++) {
+            pad[(size_t)b * L + t] = ids[(size_t)b * L + t] == m->cfg.pad_id;
+            pos[(size_t)b * L + t] = t;
+        }
+}
+
+static stack_ctx encoder_ctx(const tfm_workspace *ws, int training, uint64_t seed) {
+    stack_ctx c = {.id = 0, .B = ws->B, .L = ws->S, .N = ws->B * ws->S, .pad = ws->src_pad,
+                   .pos = ws->src_pos, .causal = 0, .training = training, .seed = seed};
+    return c;
+}
+
+static stack_ctx decoder_ctx(const tfm_model *m, const tfm_workspace *ws, int training, uint64_t seed) {
+    int has_enc = m->cfg.enc_layers > 0;
+    stack_ctx c = {.id = 1, .B = ws->B, .L = ws->T, .N = ws->B * ws->T, .pad = ws->tgt_pad,
+                   .pos = ws->tgt_pos, .causal = 1, .training = training, .seed = seed,
+                   .memory = has_enc ? ws->enc.out : NULL, .mem_pad = ws->src_pad, .S = ws->S};
+    return c;
+}
+
+tfm_status tfm_model_forward(const tfm_model *m, tfm_workspace *ws, const tfm_batch *b,
+                             int training, uint64_t seed) {
+    TFM_TRY(tfm_batch_check(m, ws, b));
+    const tfm_config *cfg = &m->cfg;
+    int has_enc = cfg->enc_layers > 0, has_dec = cfg->dec_layers > 0;
+    ws->B = b->B;
+    ws->S = has_enc ? b->S : 0;
+    ws->T = has_dec ? b->T : 0;
+    ws->training = training;
+    ws->seed = seed;
+    if (has_enc) {
+        fill_masks(m, ws->src_pad, ws->src_pos, b->src, b->B, b->S);
+        stack_ctx c = encoder_ctx(ws, training, seed);
+        stack_forward(m, ws, &c, &ws->enc, m->w.enc, cfg->enc_layers, &m->w.enc_norm, b->src,
+                      m->w.src_embed, m->w.src_pos);
+    }
+    if (has_dec) {
+        fill_masks(m, ws->tgt_pad, ws->tgt_pos, b->tgt_in, b->B, b->T);
+        stack_ctx c = decoder_ctx(m, ws, training, seed);
+        stack_forward(m, ws, &c, &ws->dec, m->w.dec, cfg->dec_layers, &m->w.dec_norm, b->tgt_in,
+                      m->w.tgt_embed, m->w.tgt_pos);
+    }
+    const float *top = has_dec ? ws->dec.out : ws->enc.out;
+    int N = b->B * (has_dec ? b->T : b->S);
+    tfm_linear_forward(ws->logits, top, m->w.generator, NULL, N, cfg->d_model, cfg->tgt_vocab);
+    ws->loss_sum = 0;
+    ws->n_tokens = 0;
+    if (b->targets)
+        ws->loss_sum = tfm_xent_forward(ws->lse, ws->logits, b->targets, N, cfg->tgt_vocab,
+                                        cfg->pad_id, cfg->label_smoothing, &ws->n_tokens);
+    return TFM_OK;
+}
+
+/* --------------------------------------------------------------- backward */
+
+/* Self-attention branch backward: dproj (gradient of the branch output) in
+ * ws->proj; writes the gradient of the branch input x into din. */
+static void self_attn_backward(const tfm_model *m, tfm_workspace *ws, const stack_ctx *c,
+                               int layer, const tfm_attn_weights *w, const tfm_attn_weights *gw,
+                               const tfm_layer_acts *a, const float *x, float *din) {
+    int D = m->cfg.d_model, H = m->cfg.heads, hk = H * m->dk;
+    tfm_linear_backward(ws->datt, gw->out_w, gw->out_b, ws->proj, a->att, w->out_w, c->N, H * m->dv, D, 0);
+    tfm_attn_dims d = self_dims(m, c, layer);
+    tfm_attention_backward(ws->dqkv, ws->dqkv + hk, ws->dqkv + 2 * hk, ws->dprobs, ws->datt,
+                           a->probs, a->qkv, a->qkv + hk, a->qkv + 2 * hk, &d);
+    if (m->cfg.positions == TFM_POS_ROPE) {
+        tfm_rope(ws->dqkv, m->qkv_dim, c->pos, c->N, H, m->dk, m->cfg.rope_theta, 1);
+        tfm_rope(ws->dqkv + hk, m->qkv_dim, c->pos, c->N, H, m->dk, m->cfg.rope_theta, 1);
+    }
+    tfm_linear_backward(din, gw->in_w, gw->in_b, ws->dqkv, x, w->in_w, c->N, D, m->qkv_dim, 0);
+}
+
+static void cross_attn_backward(const tfm_model *m, tfm_workspace *ws, const stack_ctx *c,
+                                int layer, const tfm_attn_weights *w, const tfm_attn_weights *gw,
+                                const tfm_layer_acts *a, const float *x, float *din) {
+    int D = m->cfg.d_model, H = m->cfg.heads, qd = H * m->dk, kvd = H * (m->dk + m->dv);
+    tfm_linear_backward(ws->datt, gw->out_w, gw->out_b, ws->proj, a->catt, w->out_w, c->N, H * m->dv, D, 0);
+    tfm_attn_dims d = cross_dims(m, c, layer);
+    float *dq = ws->dqkv; /* [N, H*dk] */
+    tfm_attention_backward(dq, ws->dckv, ws->dckv + qd, ws->dprobs, ws->datt, a->cprobs, a->cq,
+                           a->ckv, a->ckv + qd, &d);
+    tfm_linear_backward(din, gw->in_w, gw->in_b, dq, x, w->in_w, c->N, D, qd, 0);
+    /* Keys and values read the encoder output: its gradient accumulates over
+     * every decoder layer. */
+    tfm_linear_backward(ws->dmem, gw->in_w + (size_t)qd * D, gw->in_b + qd, ws->dckv, c->memory,
+                        w->in_w + (size_t)qd * D, c->B * c->S, D, kvd, 1);
+}
+
+static void ffn_backward(const tfm_model *m, tfm_workspace *ws, const stack_ctx *c, int layer,
+                         const tfm_layer_weights *w, const tfm_layer_weights *gw, const tfm_layer_acts *a,
+                         const float *x, float *din) {
+    int D = m->cfg.d_model, F = m->cfg.d_ff;
+    size_t n = (size_t)c->N * F;
+    tfm_linear_backward(ws->dffn, gw->ffn_w2, gw->ffn_b2, ws->proj, a->ffn_a, w->ffn_w2, c->N, F, D, 0);
+    tfm_dropout(ws->dffn, ws->dffn, n, drop_p(c, m->cfg.act_dropout), c->seed,
+                stream_id(c, layer, SITE_FFN_ACT));
+    tfm_activation_backward(ws->dffn, ws->dffn, a->ffn_h, n, (tfm_act_kind)m->cfg.activation);
+    tfm_linear_backward(din, gw->ffn_w1, gw->ffn_b1, ws->dffn, x, w->ffn_w1, c->N, D, F, 0);
+}
+
+/* Backward of one block: g is the gradient of the block output, x the block
+ * input; writes the gradient of x into dx (dx != g). */
+static void block_backward(const tfm_model *m, tfm_workspace *ws, const stack_ctx *c, int layer,
+                           const tfm_layer_weights *w, const tfm_layer_weights *gw,
+                           const tfm_layer_acts *a, block_kind kind, const float *x,
+                           const float *g, float *dx) {
+    int D = m->cfg.d_model, pre = m->cfg.norm == TFM_NORM_PRE;
+    size_t nd = (size_t)c->N * D;
+    const tfm_block_acts *blk = kind == BLOCK_SELF ? &a->self : kind == BLOCK_CROSS ? &a->cross : &a->ffn;
+    const tfm_norm_weights *nw = kind == BLOCK_SELF ? &w->norm_self : kind == BLOCK_CROSS ? &w->norm_cross : &w->norm_ffn;
+    const tfm_norm_weights *gnw = kind == BLOCK_SELF ? &gw->norm_self : kind == BLOCK_CROSS ? &gw->norm_cross : &gw->norm_ffn;
+    int site = kind == BLOCK_SELF ? SITE_SELF_RES : kind == BLOCK_CROSS ? SITE_CROSS_RES : SITE_FFN_RES;
+
+    /* The gradient of the residual sum: post-LN runs it back through the norm. */
+    const float *gres = g;
+    if (!pre) {
+        tfm_layernorm_backward(ws->gtmp, gnw->w, gnw->b, g, blk->res, blk->mean, blk->rstd, nw->w, c->N, D, 0);
+        gres = ws->gtmp;
+    }
+    tfm_dropout(ws->proj, gres, nd, drop_p(c, m->cfg.dropout), c->seed, stream_id(c, layer, site));
+
+    /* The branch reads x (post) or LN(x) (pre); its input gradient goes to dx
+     * (post) or to gtmp, to be run back through the norm (pre). */
+    const float *in = pre ? blk->ln : x;
+    float *din = pre ? ws->gtmp : dx;
+    if (kind == BLOCK_SELF) self_attn_backward(m, ws, c, layer, &w->self_attn, &gw->self_attn, a, in, din);
+    else if (kind == BLOCK_CROSS) cross_attn_backward(m, ws, c, layer, &w->cross_attn, &gw->cross_attn, a, in, din);
+    else ffn_backward(m, ws, c, layer, w, gw, a, in, din);
+
+    if (pre) {
+        memcpy(dx, g, nd * sizeof *dx);
+        tfm_layernorm_backward(dx, gnw->w, gnw->b, ws->gtmp, x, blk->mean, blk->rstd, nw->w, c->N, D, 1);
+    } else {
+        for (size_t i = 0; i < nd; i++) dx[i] += ws->gtmp[i];
+    }
+}
+
+/* Backward of a stack. The gradient of the stack output is in ws->g0; on
+ * return the gradients of its parameters and embeddings have accumulated. */
+static void stack_backward(const tfm_model *m, tfm_workspace *ws, const stack_ctx *c,
+                           const tfm_stack_acts *s, const tfm_layer_weights *layers,
+                           const tfm_layer_weights *glayers, int n_layers, const tfm_norm_weights *final_norm,
+                           const tfm_norm_weights *gfinal, const int32_t *ids, float *gtable, float *gpos) {
+    const tfm_config *cfg = &m->cfg;
+    int D = cfg->d_model, pre = cfg->norm == TFM_NORM_PRE;
+    float *g = ws->g0, *dx = ws->g1;
+    if (pre) {
+        const float *x = n_layers > 0 ? block_out(m, &s->layers[n_layers - 1].ffn) : s->embed;
+        tfm_layernorm_backward(dx, gfinal->w, gfinal->b, g, x, s->final.mean, s->final.rstd,
+                               final_norm->w, c->N, D, 0);
+        float *t = g; g = dx; dx = t;
+    }
+    for (int l = n_layers - 1; l >= 0; l--) {
+        const tfm_layer_acts *a = &s->layers[l];
+        const float *layer_in = l > 0 ? block_out(m, &s->layers[l - 1].ffn) : s->embed;
+        const float *self_out = block_out(m, &a->self);
+        const float *ffn_in = c->memory ? block_out(m, &a->cross) : self_out;
+        float *t;
+        block_backward(m, ws, c, l, &layers[l], &glayers[l], a, BLOCK_FFN, ffn_in, g, dx);
+        t = g; g = dx; dx = t;
+        if (c->memory) {
+            block_backward(m, ws, c, l, &layers[l], &glayers[l], a, BLOCK_CROSS, self_out, g, dx);
+            t = g; g = dx; dx = t;
+        }
+        block_backward(m, ws, c, l, &layers[l], &glayers[l], a, BLOCK_SELF, layer_in, g, dx);
+        t = g; g = dx; dx = t;
+    }
+    /* g is now the gradient of the embedding output. */
+    tfm_dropout(g, g, (size_t)c->N * D, drop_p(c, cfg->embed_dropout), c->seed, stream_id(c, -1, SITE_EMBED));
+    float scale = cfg->embed_scale ? sqrtf((float)D) : 1.0f;
+    tfm_embedding_backward(gtable, g, ids, c->N, D, scale);
+    if (cfg->positions == TFM_POS_LEARNED) tfm_positions_backward(gpos, g, c->pos, c->N, D);
+}
+
+tfm_status tfm_model_backward(const tfm_model *m, tfm_workspace *ws, const tfm_batch *b,
+                              const tfm_weights *grads, float grad_scale) {
+    const tfm_config *cfg = &m->cfg;
+    int has_enc = cfg->enc_layers > 0, has_dec = cfg->dec_layers > 0;
+    if (!b->targets) return tfm_error(TFM_ERR_INVALID, "backward: the batch has no targets");
+    if (b->B != ws->B || (has_enc && b->S != ws->S) || (has_dec && b->T != ws->T))
+        return tfm_error(TFM_ERR_INVALID, "backward: the batch is not the one of the last forward");
+    int N = b->B * (has_dec ? b->T : b->S), D = cfg->d_model;
+    const float *top = has_dec ? ws->dec.out : ws->enc.out;
+
+    tfm_xent_backward(ws->logits, ws->logits, ws->lse, b->targets, N, cfg->tgt_vocab, cfg->pad_id,
+                      cfg->label_smoothing, grad_scale);
+    tfm_linear_backward(ws->g0, grads->generator, NULL, ws->logits, top, m->w.generator, N, D,
+                        cfg->tgt_vocab, 0);
+    if (has_dec) {
+        stack_ctx c = decoder_ctx(m, ws, ws->training, ws->seed);
+        if (has_enc) memset(ws->dmem, 0, (size_t)ws->B * ws->S * D * sizeof *ws->dmem);
+        stack_backward(m, ws, &c, &ws->dec, m->w.dec, grads->dec, cfg->dec_layers, &m->w.dec_norm,
+                       &grads->dec_norm, b->tgt_in, grads->tgt_embed, grads->tgt_pos);
+        if (has_enc) memcpy(ws->g0, ws->dmem, (size_t)ws->B * ws->S * D * sizeof *ws->g0);
+    }
+    if (has_enc) {
+        stack_ctx c = encoder_ctx(ws, ws->training, ws->seed);
+        stack_backward(m, ws, &c, &ws->enc, m->w.enc, grads->enc, cfg->enc_layers, &m->w.enc_norm,
+                       &grads->enc_norm, b->src, grads->src_embed, grads->src_pos);
+    }
+    return TFM_OK;
+}

@@ -1,0 +1,128 @@
+/*
+ * model.h: the Transformer model, its activations, and the forward/backward
+ * written once as an explicit sequence of layer calls.
+ *
+ * A tfm_model is immutable after init (config, parameters, derived tables) and
+ * may be shared by many threads; a tfm_workspace holds one run's activations
+ * and scratch, sized once for a maximum batch shape, so a training step never
+ * allocates.
+ *
+ * Shapes: B batch, S source length, T target length, L the length of the
+ * stack at hand (S for the encoder, T for the decoder), N = B*L rows,
+ * D d_model, H heads, dk/dv sizes per head, F d_ff, V output vocabulary.
+ */
+#ifndef TFM_MODEL_MODEL_H
+#define TFM_MODEL_MODEL_H
+
+#include <stdint.h>
+
+#include "model/params.h"
+#include "transformer.h"
+
+typedef struct tfm_model {
+    tfm_config cfg;            /* validated */
+    int dk, dv;                /* per head, defaults resolved */
+    int qkv_dim;               /* H * (2*dk + dv): rows of in_proj_weight */
+    tfm_layout layout;
+    float *params;             /* [layout.n_params] */
+    tfm_weights w;             /* views into params */
+    float *pos_table;          /* [P, D] sinusoidal positions, or NULL */
+} tfm_model;
+
+/* Validates cfg, allocates the parameters and initialises them from `seed`:
+ * xavier_uniform for matrices (as nn.Transformer), normal(0, D^-0.5) for
+ * embeddings and learned positions, LayerNorm 1/0, biases 0. */
+tfm_status tfm_model_init(tfm_model *m, const tfm_config *cfg, uint64_t seed);
+void tfm_model_free(tfm_model *m);
+
+/* One batch. Token matrices are row-major and padded with cfg.pad_id.
+ *   encoder-decoder: src [B,S], tgt_in [B,T] (starts with bos), targets [B,T]
+ *   decoder-only:    tgt_in [B,T], targets [B,T]           (src NULL, S = 0)
+ *   encoder-only:    src [B,S], targets [B,S]              (tgt_in NULL, T = 0)
+ * targets may be NULL for a forward without loss. */
+typedef struct tfm_batch {
+    int B, S, T;
+    const int32_t *src;
+    const int32_t *tgt_in;
+    const int32_t *targets;
+} tfm_batch;
+
+/* Activations of one sublayer block: the LayerNorm output and statistics, and
+ * the residual sum. Post-LN: out = ln = LN(x + dropout(f(x))), res is the LN
+ * input. Pre-LN: ln = LN(x), out = res = x + dropout(f(ln)). */
+typedef struct tfm_block_acts {
+    float *ln, *mean, *rstd;   /* [N, D], [N], [N] */
+    float *res;                /* [N, D] */
+} tfm_block_acts;
+
+typedef struct tfm_layer_acts {
+    tfm_block_acts self, cross, ffn;
+    float *qkv;                /* [N, H*(2dk+dv)] self-attention q|k|v (q, k rotated with rope) */
+    float *probs;              /* [B, H, L, L] self-attention probabilities */
+    float *att;                /* [N, H*dv] heads concatenated */
+    float *cq;                 /* [N, H*dk] cross-attention queries */
+    float *ckv;                /* [B*S, H*(dk+dv)] cross-attention keys|values */
+    float *cprobs;             /* [B, H, T, S] */
+    float *catt;               /* [N, H*dv] */
+    float *ffn_h;              /* [N, F] before the activation */
+    float *ffn_a;              /* [N, F] after activation and dropout */
+} tfm_layer_acts;
+
+typedef struct tfm_stack_acts {
+    float *embed;              /* [N, D] embeddings * scale + positions, after dropout */
+    tfm_layer_acts *layers;
+    tfm_block_acts final;      /* pre-LN: the stack's final LayerNorm */
+    const float *out;          /* [N, D] the stack's output (points into the above) */
+} tfm_stack_acts;
+
+typedef struct tfm_workspace {
+    int max_B, max_S, max_T;   /* capacity */
+    int B, S, T;               /* shape of the last forward */
+    int training;              /* the last forward applied dropout */
+    uint64_t seed;             /* dropout seed of the last forward */
+    float *mem;                /* the one allocation everything below points into */
+    tfm_stack_acts enc, dec;
+    uint8_t *src_pad, *tgt_pad;   /* [B, S], [B, T]: 1 where the token is pad */
+    int32_t *src_pos, *tgt_pos;   /* [B*S], [B*T]: position of each row */
+    float *logits;             /* [B*L, V]; becomes dlogits in the backward */
+    float *lse;                /* [B*L] log-sum-exp of each row of logits */
+    /* forward/backward scratch */
+    float *proj;               /* [N, D] a block's branch output / its gradient */
+    float *g0, *g1, *gtmp;     /* [N, D] gradient ping-pong and temporary */
+    float *datt;               /* [N, H*dv] */
+    float *dqkv;               /* [N, H*(2dk+dv)] */
+    float *dprobs;             /* [B, H, L, L] attention scratch */
+    float *dffn;               /* [N, F] */
+    float *dmem;               /* [B*S, D] gradient of the encoder output */
+    float *dckv;               /* [B*S, H*(dk+dv)] */
+    double loss_sum;           /* summed label-smoothed loss of the last forward */
+    long n_tokens;             /* non-pad targets of the last forward */
+} tfm_workspace;
+
+/* Allocates activations for batches up to max_B x max_S (source) and
+ * max_B x max_T (target); zero lengths where the model has no such stack. */
+tfm_status tfm_workspace_init(tfm_workspace *ws, const tfm_model *m, int max_B, int max_S,
+                              int max_T);
+void tfm_workspace_free(tfm_workspace *ws);
+
+/* Checks a batch against the model and the workspace: shapes, token ids in
+ * range, lengths within max_positions. The message names the tensor, the
+ * position and the value. */
+tfm_status tfm_batch_check(const tfm_model *m, const tfm_workspace *ws, const tfm_batch *b);
+
+/* Forward pass. training != 0 applies dropout with randomness from `seed`.
+ * Fills ws->logits [B*L, V] and, when b->targets is set, ws->loss_sum and
+ * ws->n_tokens (mean loss = loss_sum / n_tokens). */
+tfm_status tfm_model_forward(const tfm_model *m, tfm_workspace *ws, const tfm_batch *b,
+                             int training, uint64_t seed);
+
+/* Backward pass of the last forward (same batch; targets required).
+ * Accumulates (+=) parameter gradients into `grads` (views of a buffer laid
+ * out like the parameters). The loss being differentiated is
+ * grad_scale * loss_sum; pass 1/n_tokens for the mean over tokens, or
+ * 1/(tokens of all micro-batches) when accumulating. ws->logits is
+ * overwritten. */
+tfm_status tfm_model_backward(const tfm_model *m, tfm_workspace *ws, const tfm_batch *b,
+                              const tfm_weights *grads, float grad_scale);
+
+#endif

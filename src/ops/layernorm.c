@@ -1,0 +1,65 @@
+/*
+ * layernorm.c: LayerNorm over the last dimension (Ba et al. 2016), as
+ * torch.nn.LayerNorm: biased variance, eps inside the square root.
+ *
+ *   in, out, din, dout [N, D]    w, b, dw, db [D]    mean, rstd [N]
+ *
+ * Statistics are accumulated in double so that the float build matches
+ * PyTorch to ~1e-6 even for rows with a large mean.
+ */
+#include "ops/ops.h"
+
+void OPFN(tfm_layernorm_forward)(real *out, real *mean, real *rstd, const real *in, const real *w,
+                                 const real *b, int N, int D, real eps) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const real *x = in + (size_t)n * D;
+        double m = 0;
+        for (int i = 0; i < D; i++) m += x[i];
+        m /= D;
+        double var = 0;
+        for (int i = 0; i < D; i++) var += (x[i] - m) * (x[i] - m);
+        var /= D;
+        real s = (real)(1.0 / sqrt(var + eps));
+        real *y = out + (size_t)n * D;
+        for (int i = 0; i < D; i++) y[i] = (real)((x[i] - m) * s) * w[i] + b[i];
+        mean[n] = (real)m;
+        rstd[n] = s;
+    }
+}
+
+void OPFN(tfm_layernorm_backward)(real *din, real *dw, real *db, const real *dout, const real *in,
+                                  const real *mean, const real *rstd, const real *w, int N, int D,
+                                  int accumulate) {
+    /* dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dout * w */
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const real *x = in + (size_t)n * D, *dy = dout + (size_t)n * D;
+        real m = mean[n], s = rstd[n];
+        double sum_g = 0, sum_gx = 0;
+        for (int i = 0; i < D; i++) {
+            double g = (double)dy[i] * w[i];
+            sum_g += g;
+            sum_gx += g * ((x[i] - m) * s);
+        }
+        real mg = (real)(sum_g / D), mgx = (real)(sum_gx / D);
+        real *dx = din + (size_t)n * D;
+        for (int i = 0; i < D; i++) {
+            real xhat = (x[i] - m) * s;
+            real v = s * (dy[i] * w[i] - mg - xhat * mgx);
+            dx[i] = accumulate ? dx[i] + v : v;
+        }
+    }
+    /* Parameter gradients: columns in parallel, rows in order (deterministic). */
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < D; i++) {
+        real sw = 0, sb = 0;
+        for (int n = 0; n < N; n++) {
+            real dy = dout[(size_t)n * D + i];
+            sw += dy * ((in[(size_t)n * D + i] - mean[n]) * rstd[n]);
+            sb += dy;
+        }
+        dw[i] += sw;
+        db[i] += sb;
+    }
+}

@@ -1,0 +1,34 @@
+/*
+ * linear.c: the affine layer y = x W^T + b, in PyTorch's nn.Linear layout.
+ *
+ *   in  [N, I]    w [O, I]    b [O]    out [N, O]
+ *
+ * Both directions are GEMMs through tfm_gemm; the bias is a row broadcast.
+ */
+#include "ops/ops.h"
+
+void OPFN(tfm_linear_forward)(real *out, const real *in, const real *w, const real *b, int N,
+                              int n_in, int n_out) {
+    OPFN(tfm_gemm)(0, 1, N, n_out, n_in, 1, in, n_in, w, n_in, 0, out, n_out);
+    if (!b) return;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        real *row = out + (size_t)n * n_out;
+        for (int o = 0; o < n_out; o++) row[o] += b[o];
+    }
+}
+
+void OPFN(tfm_linear_backward)(real *din, real *dw, real *db, const real *dout, const real *in,
+                               const real *w, int N, int n_in, int n_out, int accumulate) {
+    if (din) OPFN(tfm_gemm)(0, 0, N, n_in, n_out, 1, dout, n_out, w, n_in, accumulate ? 1 : 0, din, n_in);
+    if (dw) OPFN(tfm_gemm)(1, 0, n_out, n_in, N, 1, dout, n_out, in, n_in, 1, dw, n_in);
+    if (db) {
+        /* Columns in parallel, rows in order: deterministic at any thread count. */
+#pragma omp parallel for schedule(static)
+        for (int o = 0; o < n_out; o++) {
+            real s = 0;
+            for (int n = 0; n < N; n++) s += dout[(size_t)n * n_out + o];
+            db[o] += s;
+        }
+    }
+}

@@ -1,0 +1,85 @@
+/* ops_decl.h: the op prototypes over `real`; included twice by ops.h. */
+
+/* C[M,N] = alpha * op(A) op(B) + beta * C, row-major, CBLAS contract
+ * (op(A) is [M,K]; lda/ldb/ldc are row strides of the stored matrices). */
+void OPFN(tfm_gemm)(int trans_a, int trans_b, int M, int N, int K, real alpha, const real *A,
+                    int lda, const real *B, int ldb, real beta, real *C, int ldc);
+
+/* out[N,O] = in[N,I] w[O,I]^T + b[O]  (I = n_in, O = n_out;
+ * PyTorch nn.Linear layout; b may be NULL) */
+void OPFN(tfm_linear_forward)(real *out, const real *in, const real *w, const real *b, int N,
+                              int n_in, int n_out);
+/* din[N,I] (= or += when accumulate) dout[N,O] w;  dw[O,I] += dout^T in;  db[O] += sum dout.
+ * din, db may be NULL. */
+void OPFN(tfm_linear_backward)(real *din, real *dw, real *db, const real *dout, const real *in,
+                               const real *w, int N, int n_in, int n_out, int accumulate);
+
+/* out[N,D] = table[ids[n]] * scale */
+void OPFN(tfm_embedding_forward)(real *out, const int32_t *ids, const real *table, int N, int D,
+                                 real scale);
+/* dtable[ids[n]] += dout[n] * scale */
+void OPFN(tfm_embedding_backward)(real *dtable, const real *dout, const int32_t *ids, int N,
+                                  int D, real scale);
+
+/* table[P,D]: PE(p,2i) = sin(p / 10000^(2i/D)), PE(p,2i+1) = cos(same) (paper 3.5) */
+void OPFN(tfm_sinusoidal_table)(real *table, int P, int D);
+/* x[n] += table[pos[n]]   (sinusoidal or learned positions) */
+void OPFN(tfm_positions_forward)(real *x, const real *table, const int32_t *pos, int N, int D);
+/* dtable[pos[n]] += dx[n]   (learned positions) */
+void OPFN(tfm_positions_backward)(real *dtable, const real *dx, const int32_t *pos, int N, int D);
+/* Rotary positions, rotate-half form, in place on H heads of size dk at the
+ * start of each row of x (row stride `row`): for i < dk/2, angle pos[n] *
+ * theta^(-2i/dk), (x_i, x_{i+dk/2}) -> (x_i cos - x_{i+dk/2} sin, x_{i+dk/2} cos + x_i sin).
+ * inverse = 1 rotates by minus the angle, which is the backward of the forward. */
+void OPFN(tfm_rope)(real *x, long row, const int32_t *pos, int N, int H, int dk, double theta,
+                    int inverse);
+
+/* out[N,D] = (in - mean) * rstd * w + b; saves mean[N], rstd[N] */
+void OPFN(tfm_layernorm_forward)(real *out, real *mean, real *rstd, const real *in, const real *w,
+                                 const real *b, int N, int D, real eps);
+/* din[N,D] (= or += when accumulate); dw[D] += ; db[D] += */
+void OPFN(tfm_layernorm_backward)(real *din, real *dw, real *db, const real *dout, const real *in,
+                                  const real *mean, const real *rstd, const real *w, int N, int D,
+                                  int accumulate);
+
+/* out[n] = act(in[n]); out may alias in only for ReLU */
+void OPFN(tfm_activation_forward)(real *out, const real *in, size_t n, tfm_act_kind kind);
+/* din[n] = dout[n] * act'(in[n])   (=; din may alias dout) */
+void OPFN(tfm_activation_backward)(real *din, const real *dout, const real *in, size_t n,
+                                   tfm_act_kind kind);
+
+/* out[n] = in[n] * keep(n) / (1 - p), keep(n) = uniform(seed, stream, n) >= p.
+ * Its own backward (apply to the gradient with the same seed and stream).
+ * out may alias in; p == 0 copies. */
+void OPFN(tfm_dropout)(real *out, const real *in, size_t n, float p, uint64_t seed,
+                       uint64_t stream);
+/* out[n] = x[n] + dropout(y)[n]   (residual connection; out may alias x).
+ * Backward: dx = dout, dy = tfm_dropout(dout). */
+void OPFN(tfm_residual_dropout)(real *out, const real *x, const real *y, size_t n, float p,
+                                uint64_t seed, uint64_t stream);
+
+/* probs[B,H,Tq,Tk] = softmax(Q K^T * scale + masks) (saved before dropout);
+ * out = dropout(probs) V; scratch[B,H,Tq,Tk] holds the dropped-out probabilities
+ * (may be NULL when d->dropout == 0). Masked keys get probability exactly 0; a row with
+ * every key masked gives all-zero probabilities and a zero output. */
+void OPFN(tfm_attention_forward)(real *out, real *probs, real *scratch, const real *q,
+                                 const real *k, const real *v, const tfm_attn_dims *d);
+/* dq, dk, dv (=, same strides as q, k, v); scratch[B,H,Tq,Tk] is overwritten. */
+void OPFN(tfm_attention_backward)(real *dq, real *dk, real *dv, real *scratch, const real *dout,
+                                  const real *probs, const real *q, const real *k, const real *v,
+                                  const tfm_attn_dims *d);
+
+/* Label-smoothed cross-entropy over logits[N,V], as PyTorch's
+ * cross_entropy(label_smoothing=eps, ignore_index=pad): per row
+ * -(1-eps) logp[y] - eps/V sum_v logp[v]; rows whose target is pad_id count
+ * nothing. Saves lse[N] (log-sum-exp); returns the summed loss (double) and
+ * the number of counted rows in *count. */
+double OPFN(tfm_xent_forward)(real *lse, const real *logits, const int32_t *targets, int N, int V,
+                              int pad_id, real smoothing, long *count);
+/* dlogits[N,V] (=, may alias logits) = scale * (softmax - smoothed one-hot);
+ * zero on pad rows. scale is 1/count for a mean loss. */
+void OPFN(tfm_xent_backward)(real *dlogits, const real *logits, const real *lse,
+                             const int32_t *targets, int N, int V, int pad_id, real smoothing,
+                             real scale);
+/* out[N,V] = log_softmax(logits) (out may alias logits) */
+void OPFN(tfm_log_softmax)(real *out, const real *logits, int N, int V);

@@ -1,0 +1,10 @@
+/* ops_f64.c: the reference ops compiled a second time over double, for the
+ * finite-difference gradient checks (see real.h). */
+#define TFM_OPS_F64 1
+#include "gemm.c"
+#include "linear.c"
+#include "embedding.c"
+#include "layernorm.c"
+#include "activation.c"
+#include "attention.c"
+#include "xent.c"

@@ -1,0 +1,70 @@
+/*
+ * xent.c: log-softmax and label-smoothed cross-entropy over the vocabulary.
+ *
+ *   logits, dlogits [N, V]    targets [N]    lse [N]
+ *
+ * Matches torch.nn.functional.cross_entropy(label_smoothing=eps,
+ * ignore_index=pad, reduction='sum'): the smoothing mass eps is spread
+ * uniformly over all V classes (the target included), and pad rows count
+ * nothing, neither in the loss nor in the number of tokens.
+ */
+#include "ops/ops.h"
+
+static real OPFN(row_logsumexp)(const real *x, int V) {
+    real mx = x[0];
+    for (int v = 1; v < V; v++) mx = x[v] > mx ? x[v] : mx;
+    double s = 0;
+    for (int v = 0; v < V; v++) s += R_EXP(x[v] - mx);
+    return mx + (real)log(s);
+}
+
+double OPFN(tfm_xent_forward)(real *lse, const real *logits, const int32_t *targets, int N, int V,
+                              int pad_id, real smoothing, long *count) {
+    double total = 0;
+    long counted = 0;
+#pragma omp parallel for schedule(static) reduction(+ : total, counted)
+    for (int n = 0; n < N; n++) {
+        const real *x = logits + (size_t)n * V;
+        real l = OPFN(row_logsumexp)(x, V);
+        lse[n] = l;
+        if (targets[n] == pad_id) continue;
+        double nll = (double)l - x[targets[n]];
+        double smooth = 0;
+        if (smoothing > 0) {
+            double sum_logp = 0;
+            for (int v = 0; v < V; v++) sum_logp += (double)x[v] - l;
+            smooth = -sum_logp / V;
+        }
+        total += (1.0 - smoothing) * nll + smoothing * smooth;
+        counted++;
+    }
+    *count = counted;
+    return total;
+}
+
+void OPFN(tfm_xent_backward)(real *dlogits, const real *logits, const real *lse,
+                             const int32_t *targets, int N, int V, int pad_id, real smoothing,
+                             real scale) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const real *x = logits + (size_t)n * V;
+        real *g = dlogits + (size_t)n * V;
+        if (targets[n] == pad_id) {
+            for (int v = 0; v < V; v++) g[v] = 0;
+            continue;
+        }
+        real uniform = smoothing / V;
+        for (int v = 0; v < V; v++) g[v] = scale * (R_EXP(x[v] - lse[n]) - uniform);
+        g[targets[n]] -= scale * (1 - smoothing);
+    }
+}
+
+void OPFN(tfm_log_softmax)(real *out, const real *logits, int N, int V) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const real *x = logits + (size_t)n * V;
+        real l = OPFN(row_logsumexp)(x, V);
+        real *y = out + (size_t)n * V;
+        for (int v = 0; v < V; v++) y[v] = x[v] - l;
+    }
+}
