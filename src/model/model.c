@@ -622,3 +622,23 @@ tfm_status tfm_model_backward(const tfm_model *m, tfm_workspace *ws, const tfm_b
     }
     return TFM_OK;
 }
+
+tfm_status tfm_model_encode(const tfm_model *m, tfm_workspace *ws, const int32_t *src, int B, int S) {
+    const tfm_config *cfg = &m->cfg;
+    if (cfg->enc_layers == 0) return tfm_error(TFM_ERR_INVALID, "encode: the model has no encoder");
+    if (B <= 0 || B > ws->max_B || S <= 0 || S > ws->max_S)
+        return tfm_error(TFM_ERR_INVALID, "encode: batch %d x %d does not fit the workspace (%d x %d)", B, S,
+                         ws->max_B, ws->max_S);
+    if (S > cfg->max_positions)
+        return tfm_error(TFM_ERR_INVALID, "encode: source length %d exceeds max_positions %d", S,
+                         cfg->max_positions);
+    TFM_TRY(check_tokens("src", src, B, S, cfg->src_vocab));
+    ws->B = B;
+    ws->S = S;
+    ws->training = 0;
+    fill_masks(m, ws->src_pad, ws->src_pos, src, B, S);
+    stack_ctx c = encoder_ctx(ws, 0, 0);
+    stack_forward(m, ws, &c, &ws->enc, m->w.enc, cfg->enc_layers, &m->w.enc_norm, src, m->w.src_embed,
+                  m->w.src_pos);
+    return TFM_OK;
+}

@@ -125,4 +125,8 @@ tfm_status tfm_model_forward(const tfm_model *m, tfm_workspace *ws, const tfm_ba
 tfm_status tfm_model_backward(const tfm_model *m, tfm_workspace *ws, const tfm_batch *b,
                               const tfm_weights *grads, float grad_scale);
 
+/* Runs only the encoder (no dropout) on src [B, S]; the output is ws->enc.out
+ * [B*S, D] and the padding mask ws->src_pad [B, S]. For decoding. */
+tfm_status tfm_model_encode(const tfm_model *m, tfm_workspace *ws, const int32_t *src, int B, int S);
+
 #endif

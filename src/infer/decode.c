@@ -1,0 +1,448 @@
+/*
+ * decode.c: one decoder step over a KV cache, greedy search and generation.
+ *
+ * A step runs the decoder layers on one new token per row (N = B rows), with
+ * the same ops and the same block order as the training forward (model.c):
+ * self-attention over the cached keys/values plus the new ones,
+ * cross-attention over the keys/values cached at start, the FFN, each wrapped
+ * post-LN or pre-LN. Dropout never applies here.
+ */
+#include "infer/decode.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/rng.h"
+#include "core/status.h"
+#include "ops/ops.h"
+
+/* Carves the caches and scratch out of one allocation (count, then assign). */
+typedef struct carver {
+    float *base;
+    size_t used;
+} carver;
+
+static float *take(carver *c, size_t n) {
+    float *p = c->base ? c->base + c->used : NULL;
+    c->used += (n + 15) & ~(size_t)15;
+    return p;
+}
+
+static void carve(carver *c, tfm_decoder *d) {
+    const tfm_model *m = d->m;
+    const tfm_config *cfg = &m->cfg;
+    size_t B = (size_t)d->max_B, T = (size_t)d->max_T, S = (size_t)d->max_S;
+    int D = cfg->d_model, H = cfg->heads, has_enc = cfg->enc_layers > 0;
+    for (int l = 0; l < cfg->dec_layers; l++) {
+        d->k_cache[l] = take(c, B * T * H * m->dk);
+        d->v_cache[l] = take(c, B * T * H * m->dv);
+        if (has_enc) d->cross_kv[l] = take(c, B * S * H * (m->dk + m->dv));
+    }
+    size_t L = T > S ? T : S;
+    d->x = take(c, B * D);
+    d->ln = take(c, B * D);
+    d->mean = take(c, B);
+    d->rstd = take(c, B);
+    d->res = take(c, B * D);
+    d->qkv = take(c, B * m->qkv_dim);
+    d->att = take(c, B * H * m->dv);
+    d->proj = take(c, B * D);
+    d->ffn = take(c, B * cfg->d_ff);
+    d->probs = take(c, B * H * L);
+    d->top = take(c, B * D);
+    d->logits = take(c, B * cfg->tgt_vocab);
+}
+
+tfm_status tfm_decoder_init(tfm_decoder *d, const tfm_model *m, int max_B, int max_S, int max_T) {
+    memset(d, 0, sizeof *d);
+    const tfm_config *cfg = &m->cfg;
+    int has_enc = cfg->enc_layers > 0;
+    if (cfg->dec_layers == 0) return tfm_error(TFM_ERR_INVALID, "decoder: the model has no decoder");
+    if (max_B <= 0 || max_T <= 0 || (has_enc && max_S <= 0))
+        return tfm_error(TFM_ERR_INVALID, "decoder: empty capacity %d x %d x %d", max_B, max_S, max_T);
+    if (max_T > cfg->max_positions || (has_enc && max_S > cfg->max_positions))
+        return tfm_error(TFM_ERR_INVALID, "decoder: length %d exceeds max_positions %d",
+                         max_T > max_S ? max_T : max_S, cfg->max_positions);
+    d->m = m;
+    d->max_B = max_B;
+    d->max_S = has_enc ? max_S : 0;
+    d->max_T = max_T;
+    if (has_enc) TFM_TRY(tfm_workspace_init(&d->enc_ws, m, max_B, max_S, 1));
+    d->k_cache = calloc((size_t)cfg->dec_layers, sizeof *d->k_cache);
+    d->v_cache = calloc((size_t)cfg->dec_layers, sizeof *d->v_cache);
+    d->cross_kv = calloc((size_t)cfg->dec_layers, sizeof *d->cross_kv);
+    d->self_pad = calloc((size_t)max_B * max_T, 1);
+    d->pos = calloc((size_t)max_B, sizeof *d->pos);
+    carver count = {0};
+    if (d->k_cache && d->v_cache && d->cross_kv) carve(&count, d);
+    d->mem = count.used ? malloc(count.used * sizeof(float)) : NULL;
+    if (!d->k_cache || !d->v_cache || !d->cross_kv || !d->self_pad || !d->pos || !d->mem) {
+        tfm_decoder_free(d);
+        return tfm_error(TFM_ERR_NOMEM, "decoder: out of memory for the KV cache of %d x %d x %d", max_B,
+                         max_S, max_T);
+    }
+    carver fill = {.base = d->mem};
+    carve(&fill, d);
+    return TFM_OK;
+}
+
+void tfm_decoder_free(tfm_decoder *d) {
+    if (d->enc_ws.mem) tfm_workspace_free(&d->enc_ws);
+    free(d->k_cache);
+    free(d->v_cache);
+    free(d->cross_kv);
+    free(d->self_pad);
+    free(d->pos);
+    free(d->mem);
+    memset(d, 0, sizeof *d);
+}
+
+tfm_status tfm_decoder_start(tfm_decoder *d, const int32_t *src, int B, int S) {
+    const tfm_model *m = d->m;
+    const tfm_config *cfg = &m->cfg;
+    if (B <= 0 || B > d->max_B)
+        return tfm_error(TFM_ERR_INVALID, "decoder: %d rows do not fit the capacity %d", B, d->max_B);
+    d->B = B;
+    d->step = 0;
+    memset(d->pos, 0, (size_t)B * sizeof *d->pos);
+    if (cfg->enc_layers == 0) {
+        d->S = 0;
+        return TFM_OK;
+    }
+    if (!src) return tfm_error(TFM_ERR_INVALID, "decoder: the model has an encoder but src is NULL");
+    if (S > d->max_S)
+        return tfm_error(TFM_ERR_INVALID, "decoder: source length %d exceeds the capacity %d", S, d->max_S);
+    TFM_TRY(tfm_model_encode(m, &d->enc_ws, src, B, S));
+    d->S = S;
+    int D = cfg->d_model, qd = cfg->heads * m->dk, kvd = cfg->heads * (m->dk + m->dv);
+    for (int l = 0; l < cfg->dec_layers; l++) {
+        const tfm_attn_weights *w = &m->w.dec[l].cross_attn;
+        tfm_linear_forward(d->cross_kv[l], d->enc_ws.enc.out, w->in_w + (size_t)qd * D, w->in_b + qd, B * S,
+                           D, kvd);
+    }
+    return TFM_OK;
+}
+
+/* The shared residual wrapper of a block, like block_forward in model.c:
+ * before() gives the branch input, after() adds the branch output d->proj. */
+static const float *block_in(tfm_decoder *d, const tfm_norm_weights *nw, const float *x) {
+    const tfm_config *cfg = &d->m->cfg;
+    if (cfg->norm != TFM_NORM_PRE) return x;
+    tfm_layernorm_forward(d->ln, d->mean, d->rstd, x, nw->w, nw->b, d->B, cfg->d_model, cfg->ln_eps);
+    return d->ln;
+}
+
+static void block_out(tfm_decoder *d, const tfm_norm_weights *nw, float *x) {
+    const tfm_config *cfg = &d->m->cfg;
+    size_t n = (size_t)d->B * cfg->d_model;
+    for (size_t i = 0; i < n; i++) x[i] += d->proj[i];
+    if (cfg->norm == TFM_NORM_POST) {
+        tfm_layernorm_forward(d->res, d->mean, d->rstd, x, nw->w, nw->b, d->B, cfg->d_model, cfg->ln_eps);
+        memcpy(x, d->res, n * sizeof *x);
+    }
+}
+
+static void self_attn_step(tfm_decoder *d, int l, const float *in) {
+    const tfm_model *m = d->m;
+    const tfm_config *cfg = &m->cfg;
+    const tfm_attn_weights *w = &m->w.dec[l].self_attn;
+    int D = cfg->d_model, H = cfg->heads, hk = H * m->dk, hv = H * m->dv, B = d->B, T = d->max_T;
+    tfm_linear_forward(d->qkv, in, w->in_w, w->in_b, B, D, m->qkv_dim);
+    if (cfg->positions == TFM_POS_ROPE) {
+        tfm_rope(d->qkv, m->qkv_dim, d->pos, B, H, m->dk, cfg->rope_theta, 0);
+        tfm_rope(d->qkv + hk, m->qkv_dim, d->pos, B, H, m->dk, cfg->rope_theta, 0);
+    }
+    for (int b = 0; b < B; b++) {
+        const float *row = d->qkv + (size_t)b * m->qkv_dim;
+        memcpy(d->k_cache[l] + ((size_t)b * T + d->step) * hk, row + hk, hk * sizeof(float));
+        memcpy(d->v_cache[l] + ((size_t)b * T + d->step) * hv, row + 2 * hk, hv * sizeof(float));
+    }
+    tfm_attn_dims dims = {
+        .B = B, .H = H, .Tq = 1, .Tk = d->step + 1, .dk = m->dk, .dv = m->dv,
+        .q_row = m->qkv_dim, .q_batch = m->qkv_dim, .k_row = hk, .k_batch = (long)T * hk,
+        .v_row = hv, .v_batch = (long)T * hv, .o_row = hv, .o_batch = hv,
+        .key_pad = d->self_pad, .key_pad_stride = T, .scale = 1.0 / sqrt((double)m->dk),
+    };
+    tfm_attention_forward(d->att, d->probs, NULL, d->qkv, d->k_cache[l], d->v_cache[l], &dims);
+    tfm_linear_forward(d->proj, d->att, w->out_w, w->out_b, B, hv, D);
+}
+
+static void cross_attn_step(tfm_decoder *d, int l, const float *in) {
+    const tfm_model *m = d->m;
+    const tfm_config *cfg = &m->cfg;
+    const tfm_attn_weights *w = &m->w.dec[l].cross_attn;
+    int D = cfg->d_model, H = cfg->heads, hk = H * m->dk, hv = H * m->dv, kvd = hk + hv, B = d->B;
+    tfm_linear_forward(d->qkv, in, w->in_w, w->in_b, B, D, hk);
+    tfm_attn_dims dims = {
+        .B = B, .H = H, .Tq = 1, .Tk = d->S, .dk = m->dk, .dv = m->dv,
+        .q_row = hk, .q_batch = hk, .k_row = kvd, .k_batch = (long)d->S * kvd,
+        .v_row = kvd, .v_batch = (long)d->S * kvd, .o_row = hv, .o_batch = hv,
+        .key_pad = d->enc_ws.src_pad, .key_pad_stride = d->S, .scale = 1.0 / sqrt((double)m->dk),
+    };
+    tfm_attention_forward(d->att, d->probs, NULL, d->qkv, d->cross_kv[l], d->cross_kv[l] + hk, &dims);
+    tfm_linear_forward(d->proj, d->att, w->out_w, w->out_b, B, hv, D);
+}
+
+static void ffn_step(tfm_decoder *d, int l, const float *in) {
+    const tfm_model *m = d->m;
+    const tfm_config *cfg = &m->cfg;
+    const tfm_layer_weights *w = &m->w.dec[l];
+    int D = cfg->d_model, F = cfg->d_ff, B = d->B;
+    tfm_linear_forward(d->ffn, in, w->ffn_w1, w->ffn_b1, B, D, F);
+    tfm_activation_forward(d->ffn, d->ffn, (size_t)B * F, (tfm_act_kind)cfg->activation);
+    tfm_linear_forward(d->proj, d->ffn, w->ffn_w2, w->ffn_b2, B, F, D);
+}
+
+tfm_status tfm_decoder_step(tfm_decoder *d, const int32_t *tokens) {
+    const tfm_model *m = d->m;
+    const tfm_config *cfg = &m->cfg;
+    int D = cfg->d_model, B = d->B;
+    if (d->step >= d->max_T)
+        return tfm_error(TFM_ERR_INVALID, "decoder: step %d exceeds the cache length %d", d->step, d->max_T);
+    for (int b = 0; b < B; b++) {
+        if (tokens[b] < 0 || tokens[b] >= cfg->tgt_vocab)
+            return tfm_error(TFM_ERR_INVALID, "decoder: token %d of row %d is outside the vocabulary [0, %d)",
+                             tokens[b], b, cfg->tgt_vocab);
+        if (d->pos[b] >= cfg->max_positions)
+            return tfm_error(TFM_ERR_INVALID, "decoder: row %d reached max_positions %d", b, cfg->max_positions);
+        d->self_pad[(size_t)b * d->max_T + d->step] = tokens[b] == cfg->pad_id;
+    }
+    float scale = cfg->embed_scale ? sqrtf((float)D) : 1.0f;
+    tfm_embedding_forward(d->x, tokens, m->w.tgt_embed, B, D, scale);
+    if (cfg->positions == TFM_POS_SINUSOIDAL) tfm_positions_forward(d->x, m->pos_table, d->pos, B, D);
+    if (cfg->positions == TFM_POS_LEARNED) tfm_positions_forward(d->x, m->w.tgt_pos, d->pos, B, D);
+    int has_enc = cfg->enc_layers > 0;
+    for (int l = 0; l < cfg->dec_layers; l++) {
+        const tfm_layer_weights *w = &m->w.dec[l];
+        self_attn_step(d, l, block_in(d, &w->norm_self, d->x));
+        block_out(d, &w->norm_self, d->x);
+        if (has_enc) {
+            cross_attn_step(d, l, block_in(d, &w->norm_cross, d->x));
+            block_out(d, &w->norm_cross, d->x);
+        }
+        ffn_step(d, l, block_in(d, &w->norm_ffn, d->x));
+        block_out(d, &w->norm_ffn, d->x);
+    }
+    const float *top = d->x;
+    if (cfg->norm == TFM_NORM_PRE) {
+        tfm_layernorm_forward(d->top, d->mean, d->rstd, d->x, m->w.dec_norm.w, m->w.dec_norm.b, B, D, cfg->ln_eps);
+        top = d->top;
+    }
+    tfm_linear_forward(d->logits, top, m->w.generator, NULL, B, D, cfg->tgt_vocab);
+    for (int b = 0; b < B; b++)
+        if (tokens[b] != cfg->pad_id) d->pos[b]++;
+    d->step++;
+    return TFM_OK;
+}
+
+/* Gathers rows of a [max_B, row] array in place through a temporary copy. */
+static void gather_rows(float *a, size_t row, const int *from, int n, float *tmp) {
+    for (int r = 0; r < n; r++) memcpy(tmp + (size_t)r * row, a + (size_t)from[r] * row, row * sizeof *a);
+    memcpy(a, tmp, (size_t)n * row * sizeof *a);
+}
+
+tfm_status tfm_decoder_reorder(tfm_decoder *d, const int *from, int n_rows) {
+    const tfm_model *m = d->m;
+    const tfm_config *cfg = &m->cfg;
+    if (n_rows <= 0 || n_rows > d->max_B)
+        return tfm_error(TFM_ERR_INVALID, "decoder: cannot reorder into %d rows", n_rows);
+    for (int r = 0; r < n_rows; r++)
+        if (from[r] < 0 || from[r] >= d->B)
+            return tfm_error(TFM_ERR_INVALID, "decoder: reorder source row %d outside [0, %d)", from[r], d->B);
+    int H = cfg->heads;
+    size_t krow = (size_t)d->max_T * H * m->dk, vrow = (size_t)d->max_T * H * m->dv;
+    size_t crow = (size_t)d->max_S * H * (m->dk + m->dv);
+    size_t biggest = krow > vrow ? krow : vrow;
+    if (crow > biggest) biggest = crow;
+    float *tmp = malloc((size_t)n_rows * biggest * sizeof *tmp);
+    uint8_t *pad = malloc((size_t)n_rows * d->max_T);
+    int32_t *pos = malloc((size_t)n_rows * sizeof *pos);
+    if (!tmp || !pad || !pos) {
+        free(tmp);
+        free(pad);
+        free(pos);
+        return tfm_error(TFM_ERR_NOMEM, "decoder: out of memory reordering the cache");
+    }
+    for (int l = 0; l < cfg->dec_layers; l++) {
+        gather_rows(d->k_cache[l], krow, from, n_rows, tmp);
+        gather_rows(d->v_cache[l], vrow, from, n_rows, tmp);
+        if (cfg->enc_layers > 0) gather_rows(d->cross_kv[l], crow, from, n_rows, tmp);
+    }
+    for (int r = 0; r < n_rows; r++) {
+        memcpy(pad + (size_t)r * d->max_T, d->self_pad + (size_t)from[r] * d->max_T, d->max_T);
+        pos[r] = d->pos[from[r]];
+    }
+    memcpy(d->self_pad, pad, (size_t)n_rows * d->max_T);
+    memcpy(d->pos, pos, (size_t)n_rows * sizeof *pos);
+    if (cfg->enc_layers > 0) {
+        for (int r = 0; r < n_rows; r++)
+            memcpy(pad + (size_t)r * d->S, d->enc_ws.src_pad + (size_t)from[r] * d->S, (size_t)d->S);
+        memcpy(d->enc_ws.src_pad, pad, (size_t)n_rows * d->S);
+    }
+    d->B = n_rows;
+    free(tmp);
+    free(pad);
+    free(pos);
+    return TFM_OK;
+}
+
+static int32_t argmax(const float *x, int n) {
+    int32_t best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+/* The most likely token that may be emitted: never pad or bos (fairseq does the
+ * same), so a generated token is never mistaken for padding. */
+static int32_t best_token(const tfm_config *cfg, const float *x) {
+    int32_t best = -1;
+    for (int i = 0; i < cfg->tgt_vocab; i++) {
+        if (i == cfg->pad_id || i == cfg->bos_id) continue;
+        if (best < 0 || x[i] > x[best]) best = i;
+    }
+    return best;
+}
+
+/* Records the chosen tokens; returns the number of rows still running. */
+static int record(const tfm_config *cfg, const int32_t *next, int B, int t, int max_len, int32_t *out,
+                  int *lengths, uint8_t *done) {
+    int running = 0;
+    for (int b = 0; b < B; b++) {
+        out[(size_t)b * max_len + t] = done[b] ? cfg->pad_id : next[b];
+        if (!done[b] && next[b] == cfg->eos_id) done[b] = 1;
+        else if (!done[b]) lengths[b] = t + 1;
+        running += !done[b];
+    }
+    return running;
+}
+
+tfm_status tfm_greedy_translate(tfm_decoder *d, const int32_t *src, int B, int S, int max_len,
+                                int32_t *out, int *lengths) {
+    const tfm_config *cfg = &d->m->cfg;
+    if (max_len <= 0 || max_len > d->max_T)
+        return tfm_error(TFM_ERR_INVALID, "greedy: max_len %d outside [1, %d]", max_len, d->max_T);
+    TFM_TRY(tfm_decoder_start(d, src, B, S));
+    int32_t *tok = malloc((size_t)B * sizeof *tok);
+    uint8_t *done = calloc((size_t)B, 1);
+    if (!tok || !done) {
+        free(tok);
+        free(done);
+        return tfm_error(TFM_ERR_NOMEM, "greedy: out of memory");
+    }
+    for (int b = 0; b < B; b++) {
+        tok[b] = cfg->bos_id;
+        lengths[b] = 0;
+    }
+    for (int b = 0; b < B * max_len; b++) out[b] = cfg->pad_id;
+    tfm_status st = TFM_OK;
+    for (int t = 0; t < max_len; t++) {
+        if ((st = tfm_decoder_step(d, tok)) != TFM_OK) break;
+        for (int b = 0; b < B; b++) tok[b] = best_token(cfg, d->logits + (size_t)b * cfg->tgt_vocab);
+        if (!record(cfg, tok, B, t, max_len, out, lengths, done)) break;
+    }
+    free(tok);
+    free(done);
+    return st;
+}
+
+tfm_status tfm_generate(tfm_decoder *d, const int32_t *prompts, int B, int P, int max_new,
+                        float temperature, int top_k, uint64_t seed, int32_t *out, int *lengths) {
+    const tfm_config *cfg = &d->m->cfg;
+    int V = cfg->tgt_vocab;
+    if (P <= 0 || max_new <= 0 || P + max_new > d->max_T + 1)
+        return tfm_error(TFM_ERR_INVALID, "generate: prompt %d + %d new tokens exceed the cache length %d", P,
+                         max_new, d->max_T);
+    TFM_TRY(tfm_decoder_start(d, NULL, B, 0));
+    int32_t *tok = malloc((size_t)B * sizeof *tok);
+    uint8_t *done = calloc((size_t)B, 1);
+    float *probs = malloc((size_t)V * sizeof *probs);
+    if (!tok || !done || !probs) {
+        free(tok);
+        free(done);
+        free(probs);
+        return tfm_error(TFM_ERR_NOMEM, "generate: out of memory");
+    }
+    tfm_status st = TFM_OK;
+    /* The prompt, one position per step (left padding is masked). */
+    for (int t = 0; t < P && st == TFM_OK; t++) {
+        for (int b = 0; b < B; b++) tok[b] = prompts[(size_t)b * P + t];
+        st = tfm_decoder_step(d, tok);
+    }
+    for (int b = 0; b < B; b++) lengths[b] = 0;
+    tfm_rng rng;
+    tfm_rng_init(&rng, seed, 7);
+    for (int t = 0; t < max_new && st == TFM_OK; t++) {
+        for (int b = 0; b < B; b++) {
+            const float *lg = d->logits + (size_t)b * V;
+            if (temperature <= 0) {
+                tok[b] = best_token(cfg, lg);
+                continue;
+            }
+            /* Softmax at the temperature, keeping only the top_k largest. */
+            float kth = -INFINITY;
+            if (top_k > 0 && top_k < V) {
+                memcpy(probs, lg, (size_t)V * sizeof *probs);
+                for (int i = 0; i < top_k; i++) { /* partial selection: k passes */
+                    int j = argmax(probs, V);
+                    kth = probs[j];
+                    probs[j] = -INFINITY;
+                }
+            }
+            float mx = lg[argmax(lg, V)];
+            double sum = 0;
+            for (int v = 0; v < V; v++) {
+                int allowed = lg[v] >= kth && v != cfg->pad_id && v != cfg->bos_id;
+                probs[v] = allowed ? expf((lg[v] - mx) / temperature) : 0.0f;
+                sum += probs[v];
+            }
+            double u = tfm_rng_next_uniform(&rng) * sum, acc = 0;
+            int32_t pick = V - 1;
+            for (int v = 0; v < V; v++) {
+                acc += probs[v];
+                if (u < acc) { pick = v; break; }
+            }
+            tok[b] = pick;
+        }
+        if (!record(cfg, tok, B, t, max_new, out, lengths, done)) break;
+        if (t + 1 < max_new) st = tfm_decoder_step(d, tok);
+    }
+    free(tok);
+    free(done);
+    free(probs);
+    return st;
+}
+
+tfm_status tfm_greedy_translate_uncached(const tfm_model *m, tfm_workspace *ws, const int32_t *src,
+                                         int B, int S, int max_len, int32_t *out, int *lengths) {
+    const tfm_config *cfg = &m->cfg;
+    int V = cfg->tgt_vocab;
+    int32_t *prefix = malloc((size_t)B * (max_len + 1) * sizeof *prefix);
+    uint8_t *done = calloc((size_t)B, 1);
+    int32_t *next = malloc((size_t)B * sizeof *next);
+    if (!prefix || !done || !next) {
+        free(prefix);
+        free(done);
+        free(next);
+        return tfm_error(TFM_ERR_NOMEM, "greedy: out of memory");
+    }
+    for (int b = 0; b < B; b++) lengths[b] = 0;
+    for (int b = 0; b < B * max_len; b++) out[b] = cfg->pad_id;
+    tfm_status st = TFM_OK;
+    for (int t = 0; t < max_len; t++) {
+        /* prefix [B, t+1] = bos, out[0..t) */
+        for (int b = 0; b < B; b++) {
+            prefix[(size_t)b * (t + 1)] = cfg->bos_id;
+            for (int j = 0; j < t; j++) prefix[(size_t)b * (t + 1) + 1 + j] = out[(size_t)b * max_len + j];
+        }
+        tfm_batch batch = {.B = B, .S = S, .T = t + 1, .src = src, .tgt_in = prefix};
+        if ((st = tfm_model_forward(m, ws, &batch, 0, 0)) != TFM_OK) break;
+        for (int b = 0; b < B; b++) next[b] = best_token(cfg, ws->logits + ((size_t)b * (t + 1) + t) * V);
+        if (!record(cfg, next, B, t, max_len, out, lengths, done)) break;
+    }
+    free(prefix);
+    free(done);
+    free(next);
+    return st;
+}

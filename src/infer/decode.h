@@ -1,0 +1,79 @@
+/*
+ * decode.h: incremental decoding with a KV cache, and greedy search.
+ *
+ * A tfm_decoder is the per-run state of decoding (whisper.cpp's "state"): the
+ * self-attention keys and values of every decoder layer, appended one
+ * position per step; the cross-attention keys and values, computed once per
+ * source; and scratch for one step. The model stays immutable, so several
+ * decoders may share one model.
+ *
+ * Rows of a batch advance together, one token per step. For decoder-only
+ * prompts of different lengths, left-pad them with pad_id: a pad token is
+ * masked out of every later step and does not advance its row's position.
+ *
+ * Shapes: B rows, S source length, Tm maximum target length, D d_model,
+ * H heads, dk/dv per head, V output vocabulary.
+ */
+#ifndef TFM_INFER_DECODE_H
+#define TFM_INFER_DECODE_H
+
+#include <stdint.h>
+
+#include "model/model.h"
+
+typedef struct tfm_decoder {
+    const tfm_model *m;
+    int max_B, max_S, max_T;
+    int B, S;                 /* rows and source length of the current run */
+    int step;                 /* positions cached so far */
+    tfm_workspace enc_ws;     /* the encoder's activations (encoder-decoder only) */
+    float **k_cache, **v_cache;  /* per layer [B, Tm, H*dk], [B, Tm, H*dv] */
+    float **cross_kv;         /* per layer [B, S, H*(dk+dv)] */
+    uint8_t *self_pad;        /* [B, Tm] 1 = cached position holds a pad token */
+    int32_t *pos;             /* [B] position of each row's next token */
+    float *mem;               /* one allocation for caches and scratch */
+    /* one step's scratch */
+    float *x, *ln, *mean, *rstd, *res, *qkv, *att, *proj, *ffn, *probs, *top;
+    float *logits;            /* [B, V] the last step's logits */
+} tfm_decoder;
+
+/* Sizes the caches for up to max_B rows, sources of max_S tokens (ignored for
+ * decoder-only models) and max_T target positions (<= max_positions). */
+tfm_status tfm_decoder_init(tfm_decoder *d, const tfm_model *m, int max_B, int max_S, int max_T);
+void tfm_decoder_free(tfm_decoder *d);
+
+/* Starts a run of B rows: for an encoder-decoder model encodes src [B, S]
+ * (padded with pad_id) and caches the cross-attention keys and values; for a
+ * decoder-only model src is NULL and S is 0. Clears the self-attention cache. */
+tfm_status tfm_decoder_start(tfm_decoder *d, const int32_t *src, int B, int S);
+
+/* Feeds one token per row (tokens [B]) at the next position and computes
+ * d->logits [B, V] for the token after it. */
+tfm_status tfm_decoder_step(tfm_decoder *d, const int32_t *tokens);
+
+/* Reorders the rows of every cache: new row r takes old row from[r] (beam
+ * search). B may shrink to n_rows. */
+tfm_status tfm_decoder_reorder(tfm_decoder *d, const int *from, int n_rows);
+
+/* Greedy decoding of an encoder-decoder model: out [B, max_len] receives the
+ * tokens after bos up to and including eos, then pad; lengths[B] the number of
+ * tokens before eos (eos excluded). Stops when every row has emitted eos or
+ * after max_len tokens. src [B, S] padded with pad_id. */
+tfm_status tfm_greedy_translate(tfm_decoder *d, const int32_t *src, int B, int S, int max_len,
+                                int32_t *out, int *lengths);
+
+/* Greedy (temperature 0) or sampled continuation of decoder-only prompts
+ * [B, P], left-padded with pad_id: out [B, max_new] receives the new tokens
+ * (pad after eos); lengths[B] counts them before eos. temperature > 0 samples
+ * from softmax(logits / temperature), restricted to the top_k most likely
+ * tokens when top_k > 0, with randomness from seed. */
+tfm_status tfm_generate(tfm_decoder *d, const int32_t *prompts, int B, int P, int max_new,
+                        float temperature, int top_k, uint64_t seed, int32_t *out, int *lengths);
+
+/* Greedy decoding WITHOUT the cache, by running the whole decoder on the
+ * growing prefix at every step: the reference the cached decoder must equal
+ * token for token. ws must hold B x S x max_len+1. */
+tfm_status tfm_greedy_translate_uncached(const tfm_model *m, tfm_workspace *ws, const int32_t *src,
+                                         int B, int S, int max_len, int32_t *out, int *lengths);
+
+#endif

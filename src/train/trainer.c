@@ -1,0 +1,81 @@
+/* trainer.c: see trainer.h. */
+#include "train/trainer.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/rng.h"
+#include "core/status.h"
+
+tfm_status tfm_trainer_init(tfm_trainer *tr, tfm_model *m, const tfm_adam_params *opt,
+                            const tfm_lr_schedule *sched, int max_B, int max_S, int max_T,
+                            uint64_t seed) {
+    memset(tr, 0, sizeof *tr);
+    TFM_TRY(tfm_adam_validate(opt));
+    TFM_TRY(tfm_lr_validate(sched));
+    tr->m = m;
+    tr->opt = *opt;
+    tr->sched = *sched;
+    tr->seed = seed;
+    size_t n = m->layout.n_params;
+    tr->grad = calloc(3 * n, sizeof *tr->grad);
+    if (!tr->grad) return tfm_error(TFM_ERR_NOMEM, "trainer: out of memory for gradients and moments");
+    tr->adam_m = tr->grad + n;
+    tr->adam_v = tr->grad + 2 * n;
+    tfm_status st = tfm_weights_bind(&tr->grad_views, &m->cfg, tr->grad);
+    if (st == TFM_OK) st = tfm_workspace_init(&tr->ws, m, max_B, max_S, max_T);
+    if (st != TFM_OK) tfm_trainer_free(tr);
+    return st;
+}
+
+void tfm_trainer_free(tfm_trainer *tr) {
+    if (tr->ws.mem) tfm_workspace_free(&tr->ws);
+    tfm_weights_free(&tr->grad_views);
+    free(tr->grad);
+    memset(tr, 0, sizeof *tr);
+}
+
+tfm_status tfm_trainer_accumulate(tfm_trainer *tr, const tfm_batch *b, float grad_scale) {
+    /* Each micro-batch of each step gets its own dropout randomness. */
+    uint64_t seed = tfm_rng_u64(tr->seed, (uint64_t)tr->step, (uint64_t)tr->micro);
+    TFM_TRY(tfm_model_forward(tr->m, &tr->ws, b, 1, seed));
+    TFM_TRY(tfm_model_backward(tr->m, &tr->ws, b, &tr->grad_views, grad_scale));
+    tr->micro++;
+    tr->loss_sum += tr->ws.loss_sum;
+    tr->n_tokens += tr->ws.n_tokens;
+    return TFM_OK;
+}
+
+float tfm_trainer_update(tfm_trainer *tr) {
+    size_t n = tr->m->layout.n_params;
+    tr->step++;
+    tr->last_lr = tfm_lr_at(&tr->sched, tr->step);
+    tr->last_grad_norm = tfm_optim_step(&tr->opt, tr->m->params, tr->grad, tr->adam_m, tr->adam_v, n,
+                                        tr->step, tr->last_lr);
+    memset(tr->grad, 0, n * sizeof *tr->grad);
+    float loss = tr->n_tokens ? (float)(tr->loss_sum / tr->n_tokens) : 0.0f;
+    tr->micro = 0;
+    tr->loss_sum = 0;
+    tr->n_tokens = 0;
+    return loss;
+}
+
+tfm_status tfm_trainer_step(tfm_trainer *tr, const tfm_batch *b, float *loss) {
+    long count = 0;
+    const int32_t *tg = b->targets;
+    int L = tr->m->cfg.dec_layers > 0 ? b->T : b->S;
+    if (!tg) return tfm_error(TFM_ERR_INVALID, "train step: the batch has no targets");
+    for (long i = 0; i < (long)b->B * L; i++) count += tg[i] != tr->m->cfg.pad_id;
+    if (count == 0) return tfm_error(TFM_ERR_INVALID, "train step: every target is padding");
+    TFM_TRY(tfm_trainer_accumulate(tr, b, 1.0f / (float)count));
+    float l = tfm_trainer_update(tr);
+    if (loss) *loss = l;
+    return TFM_OK;
+}
+
+tfm_status tfm_trainer_eval(tfm_trainer *tr, const tfm_batch *b, double *loss_sum, long *n_tokens) {
+    TFM_TRY(tfm_model_forward(tr->m, &tr->ws, b, 0, 0));
+    *loss_sum = tr->ws.loss_sum;
+    *n_tokens = tr->ws.n_tokens;
+    return TFM_OK;
+}

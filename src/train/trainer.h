@@ -1,0 +1,55 @@
+/*
+ * trainer.h: one training step over the flat parameter buffer.
+ *
+ * The trainer owns the per-run training state: the gradient buffer and the
+ * Adam moments (same layout as the parameters), the activation workspace,
+ * the optimizer settings, the learning-rate schedule and the step count.
+ * Nothing is allocated after tfm_trainer_init.
+ *
+ * A step is: zero the gradients; for each micro-batch forward, backward
+ * (gradients accumulate); clip; Adam with the scheduled learning rate.
+ * tfm_trainer_step does all of it for one batch; tfm_trainer_accumulate and
+ * tfm_trainer_update split it for gradient accumulation.
+ */
+#ifndef TFM_TRAIN_TRAINER_H
+#define TFM_TRAIN_TRAINER_H
+
+#include <stdint.h>
+
+#include "model/model.h"
+#include "train/optim.h"
+#include "train/schedule.h"
+
+typedef struct tfm_trainer {
+    tfm_model *m;
+    tfm_workspace ws;
+    float *grad, *adam_m, *adam_v;  /* [n_params] each, one allocation */
+    tfm_weights grad_views;
+    tfm_adam_params opt;
+    tfm_lr_schedule sched;
+    uint64_t seed;                  /* dropout randomness */
+    long step;                      /* updates done so far */
+    int micro;                      /* micro-batches accumulated since the last update */
+    double loss_sum;                /* summed over the micro-batches of this update */
+    long n_tokens;
+    float last_lr, last_grad_norm;
+} tfm_trainer;
+
+tfm_status tfm_trainer_init(tfm_trainer *tr, tfm_model *m, const tfm_adam_params *opt,
+                            const tfm_lr_schedule *sched, int max_B, int max_S, int max_T,
+                            uint64_t seed);
+void tfm_trainer_free(tfm_trainer *tr);
+
+/* Forward + backward of one micro-batch; gradients accumulate. grad_scale is
+ * the factor on the summed loss (1/tokens of the whole update for a mean). */
+tfm_status tfm_trainer_accumulate(tfm_trainer *tr, const tfm_batch *b, float grad_scale);
+/* Clips, applies Adam, advances the step, zeroes the gradients; returns the
+ * mean loss over the tokens accumulated since the last update. */
+float tfm_trainer_update(tfm_trainer *tr);
+/* One whole step on one batch; *loss receives its mean loss per token. */
+tfm_status tfm_trainer_step(tfm_trainer *tr, const tfm_batch *b, float *loss);
+
+/* Loss of a batch without dropout or gradients (validation). */
+tfm_status tfm_trainer_eval(tfm_trainer *tr, const tfm_batch *b, double *loss_sum, long *n_tokens);
+
+#endif
