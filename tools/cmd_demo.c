@@ -15,12 +15,18 @@ static void usage(FILE *out) {
     fprintf(out,
             "usage: transformer demo [options]\n"
             "  --task copy|reverse|both   task(s) to learn (default both)\n"
-            "  --steps N                  training steps per task (default 1500)\n"
+            "  --steps N                  training steps per task (default 1200)\n"
             "  --max-time SECONDS         stop training a task after this long (default 0 = no limit)\n"
             "  --batch N                  pairs per step (default 64)\n"
             "  --eval N                   held-out sequences to decode (default 500)\n"
             "  --seed N                   random seed (default 1)\n"
-            "  --quiet                    no progress lines\n");
+            "  --warmup N                 warmup steps (default 100)\n"
+            "  --lr-factor F              factor on the paper's (noam) schedule (default 1)\n"
+            "  --schedule NAME            noam|cosine|inverse_sqrt|constant|step|exp (default cosine)\n"
+            "  --lr F                     peak learning rate of the non-noam schedules (default 2e-3)\n"
+            "  --quiet                    no progress lines\n"
+            "  any model flag of 'transformer train' (--d-model, --heads, --enc-layers, ...)\n"
+            "  overrides the demo model (2+2 layers, d_model 64, 4 heads, d_ff 256)\n");
 }
 
 static void show_samples(const tfm_task_run *run, tfm_model *m) {
@@ -49,6 +55,11 @@ int cmd_demo(int argc, char **argv) {
     long steps = -1;
     double max_time = 0;
     int batch = 0, eval = 0, quiet = 0;
+    long warmup = 0;
+    double lr_factor = 0, lr = 0;
+    const char *schedule = NULL;
+    char *overrides[64][2];
+    int n_overrides = 0;
     unsigned long long seed = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -62,7 +73,15 @@ int cmd_demo(int argc, char **argv) {
         else if (!strcmp(a, "--batch")) { batch = atoi(v); i++; }
         else if (!strcmp(a, "--eval")) { eval = atoi(v); i++; }
         else if (!strcmp(a, "--seed")) { seed = strtoull(v, NULL, 10); i++; }
-        else { fprintf(stderr, "transformer demo: unknown option %s\n", a); usage(stderr); return 2; }
+        else if (!strcmp(a, "--warmup")) { warmup = atol(v); i++; }
+        else if (!strcmp(a, "--lr-factor")) { lr_factor = atof(v); i++; }
+        else if (!strcmp(a, "--lr")) { lr = atof(v); i++; }
+        else if (!strcmp(a, "--schedule")) { schedule = v; i++; }
+        else if (!strncmp(a, "--", 2) && n_overrides < 64) {
+            overrides[n_overrides][0] = argv[i] + 2;
+            overrides[n_overrides++][1] = argv[i + 1];
+            i++;
+        } else { fprintf(stderr, "transformer demo: unknown option %s\n", a); usage(stderr); return 2; }
     }
     int do_copy = !strcmp(task, "copy") || !strcmp(task, "both");
     int do_rev = !strcmp(task, "reverse") || !strcmp(task, "both");
@@ -77,6 +96,21 @@ int cmd_demo(int argc, char **argv) {
         if (batch > 0) run.batch = batch;
         if (eval > 0) run.eval_size = eval;
         run.max_seconds = max_time;
+        if (schedule && tfm_lr_kind_parse(schedule, &run.sched.kind) != TFM_OK) {
+            fprintf(stderr, "transformer demo: %s\n", tfm_last_error());
+            return 2;
+        }
+        if (lr > 0) run.sched.lr = (float)lr;
+        if (warmup > 0) run.sched.warmup = warmup;
+        if (lr_factor > 0) run.sched.factor = (float)lr_factor;
+        for (int o = 0; o < n_overrides; o++) {
+            if (tfm_config_set(&run.cfg, overrides[o][0], overrides[o][1]) != TFM_OK) {
+                fprintf(stderr, "transformer demo: %s\n", tfm_last_error());
+                return 2;
+            }
+        }
+        run.sched.d_model = run.cfg.d_model;
+        run.sched.total_steps = run.max_steps;
         run.seed = seed;
         run.log = quiet ? NULL : stdout;
         printf("== %s task: %d+%d layers, d_model %d, %d symbols, lengths %d-%d\n", k == 0 ? "copy" : "reverse",

@@ -642,3 +642,23 @@ tfm_status tfm_model_encode(const tfm_model *m, tfm_workspace *ws, const int32_t
                   m->w.src_pos);
     return TFM_OK;
 }
+
+const float *tfm_workspace_attention(const tfm_model *m, const tfm_workspace *ws, tfm_attn_kind kind,
+                                     int layer, int *Tq, int *Tk) {
+    const tfm_config *cfg = &m->cfg;
+    int has_enc = cfg->enc_layers > 0;
+    if (kind == TFM_ATTN_ENCODER) {
+        if (layer < 0 || layer >= cfg->enc_layers) return NULL;
+        *Tq = *Tk = ws->S;
+        return ws->enc.layers[layer].probs;
+    }
+    if (layer < 0 || layer >= cfg->dec_layers) return NULL;
+    if (kind == TFM_ATTN_DECODER) {
+        *Tq = *Tk = ws->T;
+        return ws->dec.layers[layer].probs;
+    }
+    if (!has_enc) return NULL;
+    *Tq = ws->T;
+    *Tk = ws->S;
+    return ws->dec.layers[layer].cprobs;
+}

@@ -129,4 +129,16 @@ tfm_status tfm_model_backward(const tfm_model *m, tfm_workspace *ws, const tfm_b
  * [B*S, D] and the padding mask ws->src_pad [B, S]. For decoding. */
 tfm_status tfm_model_encode(const tfm_model *m, tfm_workspace *ws, const int32_t *src, int B, int S);
 
+typedef enum tfm_attn_kind {
+    TFM_ATTN_ENCODER = 0,  /* encoder self-attention */
+    TFM_ATTN_DECODER = 1,  /* decoder (masked) self-attention */
+    TFM_ATTN_CROSS = 2,    /* decoder-encoder cross-attention */
+} tfm_attn_kind;
+
+/* The attention probabilities of one layer from the last forward,
+ * [B, H, Tq, Tk] (before attention dropout); *Tq and *Tk receive the lengths.
+ * NULL when the model has no such attention or layer is out of range. */
+const float *tfm_workspace_attention(const tfm_model *m, const tfm_workspace *ws, tfm_attn_kind kind,
+                                     int layer, int *Tq, int *Tk);
+
 #endif
