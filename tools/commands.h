@@ -10,5 +10,7 @@
 int cmd_demo(int argc, char **argv);
 int cmd_bpe(int argc, char **argv);
 int cmd_bleu(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+int cmd_average(int argc, char **argv);
 
 #endif

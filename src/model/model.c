@@ -107,24 +107,27 @@ static void take_block(carver *c, tfm_block_acts *a, size_t N, int D) {
     a->res = take(c, N * D);
 }
 
-/* One stack's activations; L its length, S the source length for cross-attention. */
+static size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
+
+/* One stack's activations: N rows of length at most L (B rows at most), and
+ * for cross-attention sources of at most S tokens in at most `src_cells`. A
+ * [B, H, Lq, Lk] score array holds at most rows * Lk elements per head. */
 static void take_stack(carver *c, tfm_stack_acts *s, const tfm_model *m, int layers, int cross,
-                       int B, int L, int S) {
+                       int B, int L, size_t N, int S, size_t src_cells) {
     const tfm_config *cfg = &m->cfg;
-    size_t N = (size_t)B * L;
     int D = cfg->d_model, H = cfg->heads;
     s->embed = take(c, N * D);
     for (int i = 0; i < layers; i++) {
         tfm_layer_acts *a = &s->layers[i];
         take_block(c, &a->self, N, D);
         a->qkv = take(c, N * m->qkv_dim);
-        a->probs = take(c, (size_t)B * H * L * L);
+        a->probs = take(c, (size_t)H * min_size((size_t)B * L * L, N * L));
         a->att = take(c, N * H * m->dv);
         if (cross) {
             take_block(c, &a->cross, N, D);
             a->cq = take(c, N * H * m->dk);
-            a->ckv = take(c, (size_t)B * S * H * (m->dk + m->dv));
-            a->cprobs = take(c, (size_t)B * H * L * S);
+            a->ckv = take(c, src_cells * H * (m->dk + m->dv));
+            a->cprobs = take(c, (size_t)H * min_size(N * S, src_cells * L));
             a->catt = take(c, N * H * m->dv);
         }
         take_block(c, &a->ffn, N, D);
@@ -138,11 +141,14 @@ static void carve_workspace(carver *c, tfm_workspace *ws, const tfm_model *m) {
     const tfm_config *cfg = &m->cfg;
     int B = ws->max_B, S = ws->max_S, T = ws->max_T, D = cfg->d_model, H = cfg->heads;
     int has_enc = cfg->enc_layers > 0, has_dec = cfg->dec_layers > 0;
-    if (has_enc) take_stack(c, &ws->enc, m, cfg->enc_layers, 0, B, S, 0);
-    if (has_dec) take_stack(c, &ws->dec, m, cfg->dec_layers, has_enc, B, T, S);
-    size_t n_out = (size_t)B * (has_dec ? T : S);
-    size_t n_max = (size_t)B * (S > T ? S : T);
+    size_t ns = (size_t)ws->max_src_cells, nt = (size_t)ws->max_tgt_cells;
+    if (has_enc) take_stack(c, &ws->enc, m, cfg->enc_layers, 0, B, S, ns, 0, 0);
+    if (has_dec) take_stack(c, &ws->dec, m, cfg->dec_layers, has_enc, B, T, nt, S, ns);
+    size_t n_out = has_dec ? nt : ns;
+    size_t n_max = ns > nt ? ns : nt;
     int L = S > T ? S : T;
+    /* Attention scratch: the largest score array of any stack. */
+    size_t scores = (size_t)H * min_size((size_t)B * L * L, n_max * L);
     ws->logits = take(c, n_out * cfg->tgt_vocab);
     ws->lse = take(c, n_out);
     ws->proj = take(c, n_max * D);
@@ -151,16 +157,21 @@ static void carve_workspace(carver *c, tfm_workspace *ws, const tfm_model *m) {
     ws->gtmp = take(c, n_max * D);
     ws->datt = take(c, n_max * H * m->dv);
     ws->dqkv = take(c, n_max * m->qkv_dim);
-    ws->dprobs = take(c, (size_t)B * H * L * L);
+    ws->dprobs = take(c, scores);
     ws->dffn = take(c, n_max * cfg->d_ff);
     if (has_enc && has_dec) {
-        ws->dmem = take(c, (size_t)B * S * D);
-        ws->dckv = take(c, (size_t)B * S * H * (m->dk + m->dv));
+        ws->dmem = take(c, ns * D);
+        ws->dckv = take(c, ns * H * (m->dk + m->dv));
     }
 }
 
 tfm_status tfm_workspace_init(tfm_workspace *ws, const tfm_model *m, int max_B, int max_S,
                               int max_T) {
+    return tfm_workspace_init_cells(ws, m, max_B, max_S, max_T, 0, 0);
+}
+
+tfm_status tfm_workspace_init_cells(tfm_workspace *ws, const tfm_model *m, int max_B, int max_S, int max_T,
+                                    long max_src_cells, long max_tgt_cells) {
     memset(ws, 0, sizeof *ws);
     const tfm_config *cfg = &m->cfg;
     int has_enc = cfg->enc_layers > 0, has_dec = cfg->dec_layers > 0;
@@ -174,6 +185,9 @@ tfm_status tfm_workspace_init(tfm_workspace *ws, const tfm_model *m, int max_B, 
     ws->max_B = max_B;
     ws->max_S = has_enc ? max_S : 0;
     ws->max_T = has_dec ? max_T : 0;
+    long full_src = (long)max_B * ws->max_S, full_tgt = (long)max_B * ws->max_T;
+    ws->max_src_cells = max_src_cells > 0 && max_src_cells < full_src ? max_src_cells : full_src;
+    ws->max_tgt_cells = max_tgt_cells > 0 && max_tgt_cells < full_tgt ? max_tgt_cells : full_tgt;
     if (has_enc) ws->enc.layers = calloc((size_t)cfg->enc_layers, sizeof *ws->enc.layers);
     if (has_dec) ws->dec.layers = calloc((size_t)cfg->dec_layers, sizeof *ws->dec.layers);
     ws->src_pad = calloc((size_t)max_B * (ws->max_S + 1), 1);
@@ -235,6 +249,9 @@ tfm_status tfm_batch_check(const tfm_model *m, const tfm_workspace *ws, const tf
         if (b->S > ws->max_S)
             return tfm_error(TFM_ERR_INVALID, "batch: source length %d exceeds the workspace's %d",
                              b->S, ws->max_S);
+        if ((long)b->B * b->S > ws->max_src_cells)
+            return tfm_error(TFM_ERR_INVALID, "batch: %d x %d source tokens exceed the workspace's %ld", b->B, b->S,
+                             ws->max_src_cells);
         TFM_TRY(check_tokens("src", b->src, b->B, b->S, cfg->src_vocab));
     }
     if (has_dec) {
@@ -246,6 +263,9 @@ tfm_status tfm_batch_check(const tfm_model *m, const tfm_workspace *ws, const tf
         if (b->T > ws->max_T)
             return tfm_error(TFM_ERR_INVALID, "batch: target length %d exceeds the workspace's %d",
                              b->T, ws->max_T);
+        if ((long)b->B * b->T > ws->max_tgt_cells)
+            return tfm_error(TFM_ERR_INVALID, "batch: %d x %d target tokens exceed the workspace's %ld", b->B, b->T,
+                             ws->max_tgt_cells);
         TFM_TRY(check_tokens("tgt_in", b->tgt_in, b->B, b->T, cfg->tgt_vocab));
     }
     if (b->targets) TFM_TRY(check_tokens("targets", b->targets, b->B, has_dec ? b->T : b->S, cfg->tgt_vocab));
@@ -626,7 +646,7 @@ tfm_status tfm_model_backward(const tfm_model *m, tfm_workspace *ws, const tfm_b
 tfm_status tfm_model_encode(const tfm_model *m, tfm_workspace *ws, const int32_t *src, int B, int S) {
     const tfm_config *cfg = &m->cfg;
     if (cfg->enc_layers == 0) return tfm_error(TFM_ERR_INVALID, "encode: the model has no encoder");
-    if (B <= 0 || B > ws->max_B || S <= 0 || S > ws->max_S)
+    if (B <= 0 || B > ws->max_B || S <= 0 || S > ws->max_S || (long)B * S > ws->max_src_cells)
         return tfm_error(TFM_ERR_INVALID, "encode: batch %d x %d does not fit the workspace (%d x %d)", B, S,
                          ws->max_B, ws->max_S);
     if (S > cfg->max_positions)

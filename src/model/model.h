@@ -77,6 +77,8 @@ typedef struct tfm_stack_acts {
 
 typedef struct tfm_workspace {
     int max_B, max_S, max_T;   /* capacity */
+    long max_src_cells;        /* capacity in source rows B*S (<= max_B*max_S) */
+    long max_tgt_cells;        /* capacity in target rows B*T (<= max_B*max_T) */
     int B, S, T;               /* shape of the last forward */
     int training;              /* the last forward applied dropout */
     uint64_t seed;             /* dropout seed of the last forward */
@@ -103,6 +105,12 @@ typedef struct tfm_workspace {
  * max_B x max_T (target); zero lengths where the model has no such stack. */
 tfm_status tfm_workspace_init(tfm_workspace *ws, const tfm_model *m, int max_B, int max_S,
                               int max_T);
+/* The same, for batches of at most max_src_cells source tokens (B*S) and
+ * max_tgt_cells target tokens (B*T), padding included: token-count batching
+ * has many short rows or few long ones, never both, so this is much smaller
+ * than max_B x max_S x max_T. 0 = no limit beyond max_B x max_S / max_T. */
+tfm_status tfm_workspace_init_cells(tfm_workspace *ws, const tfm_model *m, int max_B, int max_S, int max_T,
+                                    long max_src_cells, long max_tgt_cells);
 void tfm_workspace_free(tfm_workspace *ws);
 
 /* Checks a batch against the model and the workspace: shapes, token ids in

@@ -10,6 +10,12 @@
 tfm_status tfm_trainer_init(tfm_trainer *tr, tfm_model *m, const tfm_adam_params *opt,
                             const tfm_lr_schedule *sched, int max_B, int max_S, int max_T,
                             uint64_t seed) {
+    return tfm_trainer_init_cells(tr, m, opt, sched, max_B, max_S, max_T, 0, 0, seed);
+}
+
+tfm_status tfm_trainer_init_cells(tfm_trainer *tr, tfm_model *m, const tfm_adam_params *opt,
+                                  const tfm_lr_schedule *sched, int max_B, int max_S, int max_T,
+                                  long max_src_cells, long max_tgt_cells, uint64_t seed) {
     memset(tr, 0, sizeof *tr);
     TFM_TRY(tfm_adam_validate(opt));
     TFM_TRY(tfm_lr_validate(sched));
@@ -23,7 +29,8 @@ tfm_status tfm_trainer_init(tfm_trainer *tr, tfm_model *m, const tfm_adam_params
     tr->adam_m = tr->grad + n;
     tr->adam_v = tr->grad + 2 * n;
     tfm_status st = tfm_weights_bind(&tr->grad_views, &m->cfg, tr->grad);
-    if (st == TFM_OK) st = tfm_workspace_init(&tr->ws, m, max_B, max_S, max_T);
+    if (st == TFM_OK)
+        st = tfm_workspace_init_cells(&tr->ws, m, max_B, max_S, max_T, max_src_cells, max_tgt_cells);
     if (st != TFM_OK) tfm_trainer_free(tr);
     return st;
 }

@@ -38,6 +38,10 @@ typedef struct tfm_trainer {
 tfm_status tfm_trainer_init(tfm_trainer *tr, tfm_model *m, const tfm_adam_params *opt,
                             const tfm_lr_schedule *sched, int max_B, int max_S, int max_T,
                             uint64_t seed);
+/* The same with the workspace bounded by token counts (tfm_workspace_init_cells). */
+tfm_status tfm_trainer_init_cells(tfm_trainer *tr, tfm_model *m, const tfm_adam_params *opt,
+                                  const tfm_lr_schedule *sched, int max_B, int max_S, int max_T,
+                                  long max_src_cells, long max_tgt_cells, uint64_t seed);
 void tfm_trainer_free(tfm_trainer *tr);
 
 /* Forward + backward of one micro-batch; gradients accumulate. grad_scale is
