@@ -12,5 +12,6 @@ int cmd_bpe(int argc, char **argv);
 int cmd_bleu(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_average(int argc, char **argv);
+int cmd_translate(int argc, char **argv);
 
 #endif

@@ -236,10 +236,11 @@ tfm_status tfm_decoder_step(tfm_decoder *d, const int32_t *tokens) {
     return TFM_OK;
 }
 
-/* Gathers rows of a [max_B, row] array in place through a temporary copy. */
-static void gather_rows(float *a, size_t row, const int *from, int n, float *tmp) {
-    for (int r = 0; r < n; r++) memcpy(tmp + (size_t)r * row, a + (size_t)from[r] * row, row * sizeof *a);
-    memcpy(a, tmp, (size_t)n * row * sizeof *a);
+/* Gathers rows of a [max_B, row] array in place through a temporary copy;
+ * only the first `used` floats of each row hold data. */
+static void gather_rows(float *a, size_t row, size_t used, const int *from, int n, float *tmp) {
+    for (int r = 0; r < n; r++) memcpy(tmp + (size_t)r * used, a + (size_t)from[r] * row, used * sizeof *a);
+    for (int r = 0; r < n; r++) memcpy(a + (size_t)r * row, tmp + (size_t)r * used, used * sizeof *a);
 }
 
 tfm_status tfm_decoder_reorder(tfm_decoder *d, const int *from, int n_rows) {
@@ -252,7 +253,7 @@ tfm_status tfm_decoder_reorder(tfm_decoder *d, const int *from, int n_rows) {
             return tfm_error(TFM_ERR_INVALID, "decoder: reorder source row %d outside [0, %d)", from[r], d->B);
     int H = cfg->heads;
     size_t krow = (size_t)d->max_T * H * m->dk, vrow = (size_t)d->max_T * H * m->dv;
-    size_t crow = (size_t)d->max_S * H * (m->dk + m->dv);
+    size_t crow = (size_t)d->S * H * (m->dk + m->dv); /* rows are S long (start) */
     size_t biggest = krow > vrow ? krow : vrow;
     if (crow > biggest) biggest = crow;
     float *tmp = malloc((size_t)n_rows * biggest * sizeof *tmp);
@@ -265,9 +266,10 @@ tfm_status tfm_decoder_reorder(tfm_decoder *d, const int *from, int n_rows) {
         return tfm_error(TFM_ERR_NOMEM, "decoder: out of memory reordering the cache");
     }
     for (int l = 0; l < cfg->dec_layers; l++) {
-        gather_rows(d->k_cache[l], krow, from, n_rows, tmp);
-        gather_rows(d->v_cache[l], vrow, from, n_rows, tmp);
-        if (cfg->enc_layers > 0) gather_rows(d->cross_kv[l], crow, from, n_rows, tmp);
+        /* Only the first `step` positions of a cache row are filled. */
+        gather_rows(d->k_cache[l], krow, (size_t)d->step * H * m->dk, from, n_rows, tmp);
+        gather_rows(d->v_cache[l], vrow, (size_t)d->step * H * m->dv, from, n_rows, tmp);
+        if (cfg->enc_layers > 0) gather_rows(d->cross_kv[l], crow, crow, from, n_rows, tmp);
     }
     for (int r = 0; r < n_rows; r++) {
         memcpy(pad + (size_t)r * d->max_T, d->self_pad + (size_t)from[r] * d->max_T, d->max_T);

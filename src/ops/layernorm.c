@@ -9,6 +9,10 @@
  */
 #include "ops/ops.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 void OPFN(tfm_layernorm_forward)(real *out, real *mean, real *rstd, const real *in, const real *w,
                                  const real *b, int N, int D, real eps) {
 #pragma omp parallel for schedule(static)
@@ -50,16 +54,23 @@ void OPFN(tfm_layernorm_backward)(real *din, real *dw, real *db, const real *dou
             dx[i] = accumulate ? dx[i] + v : v;
         }
     }
-    /* Parameter gradients: columns in parallel, rows in order (deterministic). */
-#pragma omp parallel for schedule(static)
-    for (int i = 0; i < D; i++) {
-        real sw = 0, sb = 0;
+    /* Parameter gradients: threads own column blocks and walk the rows in
+     * order (contiguous reads, a fixed sum order at any thread count). */
+#pragma omp parallel
+    {
+#ifdef _OPENMP
+        int nt = omp_get_num_threads(), t = omp_get_thread_num();
+#else
+        int nt = 1, t = 0;
+#endif
+        int lo = (int)((long)D * t / nt), hi = (int)((long)D * (t + 1) / nt);
         for (int n = 0; n < N; n++) {
-            real dy = dout[(size_t)n * D + i];
-            sw += dy * ((in[(size_t)n * D + i] - mean[n]) * rstd[n]);
-            sb += dy;
+            const real *dy = dout + (size_t)n * D, *x = in + (size_t)n * D;
+            real m = mean[n], s = rstd[n];
+            for (int i = lo; i < hi; i++) {
+                dw[i] += dy[i] * ((x[i] - m) * s);
+                db[i] += dy[i];
+            }
         }
-        dw[i] += sw;
-        db[i] += sb;
     }
 }

@@ -7,6 +7,10 @@
  */
 #include "ops/ops.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 void OPFN(tfm_linear_forward)(real *out, const real *in, const real *w, const real *b, int N,
                               int n_in, int n_out) {
     OPFN(tfm_gemm)(0, 1, N, n_out, n_in, 1, in, n_in, w, n_in, 0, out, n_out);
@@ -23,12 +27,20 @@ void OPFN(tfm_linear_backward)(real *din, real *dw, real *db, const real *dout, 
     if (din) OPFN(tfm_gemm)(0, 0, N, n_in, n_out, 1, dout, n_out, w, n_in, accumulate ? 1 : 0, din, n_in);
     if (dw) OPFN(tfm_gemm)(1, 0, n_out, n_in, N, 1, dout, n_out, in, n_in, 1, dw, n_in);
     if (db) {
-        /* Columns in parallel, rows in order: deterministic at any thread count. */
-#pragma omp parallel for schedule(static)
-        for (int o = 0; o < n_out; o++) {
-            real s = 0;
-            for (int n = 0; n < N; n++) s += dout[(size_t)n * n_out + o];
-            db[o] += s;
+        /* Threads own column blocks and walk the rows in order: contiguous
+         * reads, and the same sum order at any thread count. */
+#pragma omp parallel
+        {
+#ifdef _OPENMP
+            int nt = omp_get_num_threads(), t = omp_get_thread_num();
+#else
+            int nt = 1, t = 0;
+#endif
+            int lo = (int)((long)n_out * t / nt), hi = (int)((long)n_out * (t + 1) / nt);
+            for (int n = 0; n < N; n++) {
+                const real *row = dout + (size_t)n * n_out;
+                for (int o = lo; o < hi; o++) db[o] += row[o];
+            }
         }
     }
 }
