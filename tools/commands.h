@@ -13,5 +13,6 @@ int cmd_bleu(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_average(int argc, char **argv);
 int cmd_translate(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
 
 #endif
