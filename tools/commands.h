@@ -14,5 +14,6 @@ int cmd_train(int argc, char **argv);
 int cmd_average(int argc, char **argv);
 int cmd_translate(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
+int cmd_attention(int argc, char **argv);
 
 #endif

@@ -21,6 +21,7 @@ static const subcommand subcommands[] = {
     {"train", cmd_train, "train a model on a parallel corpus (or a text, decoder-only)"},
     {"translate", cmd_translate, "translate lines with beam search (one output line per input line)"},
     {"generate", cmd_generate, "continue a prompt with a decoder-only model (greedy or sampled)"},
+    {"attention", cmd_attention, "write an HTML page of attention heatmaps for a sentence"},
     {"average", cmd_average, "average the last N checkpoints of a model directory (the paper averages 5)"},
     {"bpe", cmd_bpe, "learn, apply and undo byte-pair encoding (bpe learn|encode|decode)"},
     {"bleu", cmd_bleu, "score a translation against references, as sacreBLEU 2.6 does"},
