@@ -7,7 +7,8 @@
  *   - bad tokens for decode; usage errors; --help;
  *   - malformed model files: every truncation of a valid file, a list of
  *     hand-made corruptions (each message must name the file and the line),
- *     and random byte flips.
+ *     versions other than v1 and v2, and random byte flips;
+ *   - `bpe learn` writes a v2 model.
  * The CLI parts need TFM_CLI (set by CTest) and are skipped without it.
  */
 #include <stdio.h>
@@ -100,9 +101,29 @@ static void test_model_files(void) {
 
     expect_bad_model("empty", "", "empty file");
     expect_bad_model("magic", "hello\n", ":1: not a transformer.c BPE model");
-    expect_bad_model("version", "transformer.c bpe v2\nvocab_size 300\n", "unsupported");
-    expect_bad_model("binary", "\x7f" "ELF\x02\x01\x01\0\0\0\n\0\0", ":1:");
+    expect_bad_model("version", "transformer.c bpe v3\nvocab_size 300\n",
+                     ":1: unsupported BPE model version 'transformer.c bpe v3' (this build reads "
+                     "v1 to v2)");
+    expect_bad_model("version 0", "transformer.c bpe v0\nvocab_size 300\n", ":1: unsupported");
+    expect_bad_model("version 12", "transformer.c bpe v12\nvocab_size 300\n", ":1: unsupported");
+    expect_bad_model("no version", "transformer.c bpe v\nvocab_size 300\n", ":1: unsupported");
+    expect_bad_model("other header", "transformer.c bpf v2\n", ":1: not a transformer.c BPE model");
+
+    /* The same model under a v1 header is a valid v1 model. */
+    CHECK(!strncmp(model_text, "transformer.c bpe v2\n", 21), "learned model is not v2");
     char *s;
+    s = model_with("transformer.c bpe v2\n", "transformer.c bpe v1\n");
+    write_file(path, s, strlen(s));
+    tfm_bpe *v1 = NULL;
+    CHECK(tfm_bpe_load(path, &v1) == TFM_OK && v1 && tfm_bpe_version(v1) == 1,
+          "v1 header: %s", tfm_last_error());
+    tfm_bpe_free(v1);
+    remove(path);
+    free(s);
+    s = model_with("transformer.c bpe v2\n", "transformer.c bpe v1 \n");
+    expect_bad_model("version trailing space", s, ":1: unsupported");
+    free(s);
+    expect_bad_model("binary", "\x7f" "ELF\x02\x01\x01\0\0\0\n\0\0", ":1:");
     s = model_with("vocab_size 306", "vocab_size abc");
     expect_bad_model("vocab number", s, ":2: vocab_size: 'abc' is not a number");
     free(s);
@@ -353,6 +374,20 @@ static void test_cli(void) {
     rc = run(cmd, out, sizeof out);
     CHECK(rc == 0 && strstr(out, "SAME"), "CLI round trip: rc %d '%s'", rc, out);
 
+    /* `bpe learn` writes v2: the same file as the library's default. */
+    snprintf(path, sizeof path, "%s/tiny.txt", tmpdir);
+    write_file(path, TINY, strlen(TINY));
+    snprintf(path2, sizeof path2, "%s/cli.model", tmpdir);
+    snprintf(cmd, sizeof cmd, "%s bpe learn -q --vocab-size 400 -o %s %s", cli, path2, path);
+    rc = run(cmd, out, sizeof out);
+    size_t clen = 0;
+    char *cli_model = rc == 0 ? read_all(path2, &clen) : NULL;
+    CHECK(cli_model && clen == model_len && !memcmp(cli_model, model_text, clen),
+          "bpe learn: rc %d, the model differs from tfm_bpe_learn's: '%s'", rc, out);
+    free(cli_model);
+    remove(path2);
+
+    snprintf(path2, sizeof path2, "%s/bad2.txt", tmpdir);
     snprintf(path, sizeof path, "%s/bad.txt", tmpdir);
     remove(path);
     remove(path2);

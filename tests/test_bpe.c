@@ -19,6 +19,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/utf8.h"
 #include "test_util.h"
 #include "text/bpe.h"
 
@@ -28,19 +29,23 @@ static const char TINY[] = "the cat sat on the mat\n"
                            "Die Katze saß auf dem Baum.\n"
                            "the cat and the dog sat together\n";
 
-/* The model tfm_bpe_learn_text(TINY) gives with vocab_size 400. */
-static const char TINY_MODEL[] = "transformer.c bpe v1\n"
-                                 "vocab_size 306\n"
-                                 "chars 25\n"
-                                 "U+2581 ▁\nU+0074 t\nU+0061 a\nU+0065 e\nU+0068 h\nU+0064 d\n"
-                                 "U+006F o\nU+0073 s\nU+0067 g\nU+006E n\nU+0075 u\nU+006D m\n"
-                                 "U+0072 r\nU+002E .\nU+0044 D\nU+0063 c\nU+0066 f\nU+00DF ß\n"
-                                 "U+0042 B\nU+0048 H\nU+004B K\nU+004D M\nU+0069 i\nU+006C l\n"
-                                 "U+007A z\n"
-                                 "merges 21\n"
-                                 "a t\n▁ t\nh e\n▁t he\n▁ s\n▁ d\no g\n▁ a\n▁s at\n▁ o\n▁ D\n"
-                                 "▁ c\na ß\ne r\nn d\nu f\n▁s aß\n▁d og\n▁a uf\n▁o n\n▁c at\n"
-                                 "end\n";
+/* The model tfm_bpe_learn_text(TINY) gives with vocab_size 400, after its
+ * header line. TINY has no pair across a change of character class seen
+ * twice ("e." and "m." once each), so v1 and v2 learn the same merges. */
+#define TINY_MODEL_BODY                                                                   \
+    "vocab_size 306\n"                                                                     \
+    "chars 25\n"                                                                           \
+    "U+2581 ▁\nU+0074 t\nU+0061 a\nU+0065 e\nU+0068 h\nU+0064 d\n"                        \
+    "U+006F o\nU+0073 s\nU+0067 g\nU+006E n\nU+0075 u\nU+006D m\n"                        \
+    "U+0072 r\nU+002E .\nU+0044 D\nU+0063 c\nU+0066 f\nU+00DF ß\n"                        \
+    "U+0042 B\nU+0048 H\nU+004B K\nU+004D M\nU+0069 i\nU+006C l\n"                        \
+    "U+007A z\n"                                                                           \
+    "merges 21\n"                                                                          \
+    "a t\n▁ t\nh e\n▁t he\n▁ s\n▁ d\no g\n▁ a\n▁s at\n▁ o\n▁ D\n"                        \
+    "▁ c\na ß\ne r\nn d\nu f\n▁s aß\n▁d og\n▁a uf\n▁o n\n▁c at\n"                         \
+    "end\n"
+static const char TINY_MODEL_V1[] = "transformer.c bpe v1\n" TINY_MODEL_BODY;
+static const char TINY_MODEL_V2[] = "transformer.c bpe v2\n" TINY_MODEL_BODY;
 
 static char tmpdir[64];
 
@@ -123,31 +128,8 @@ static const char *const TRICKY[] = {
     "",
 };
 
-static void test_golden(void) {
-    tfm_bpe_params p;
-    tfm_bpe_default_params(&p);
-    p.vocab_size = 400;
-    tfm_bpe *b = NULL;
-    tfm_status st = tfm_bpe_learn_text(&p, TINY, strlen(TINY), &b);
-    CHECK(st == TFM_OK, "learn tiny: %s", tfm_last_error());
-    if (!b) return;
-    CHECK(tfm_bpe_vocab_size(b) == 306, "vocab %d", tfm_bpe_vocab_size(b));
-    CHECK(tfm_bpe_num_chars(b) == 25, "chars %d", tfm_bpe_num_chars(b));
-    CHECK(tfm_bpe_num_merges(b) == 21, "merges %d", tfm_bpe_num_merges(b));
-
-    /* Reserved pieces. */
-    CHECK(!strcmp(tfm_bpe_piece(b, 0), "<pad>") && !strcmp(tfm_bpe_piece(b, 1), "<s>") &&
-              !strcmp(tfm_bpe_piece(b, 2), "</s>") && !strcmp(tfm_bpe_piece(b, 3), "<unk>"),
-          "special pieces");
-    CHECK(!strcmp(tfm_bpe_piece(b, 4), "<0x00>") && !strcmp(tfm_bpe_piece(b, 259), "<0xFF>"),
-          "byte pieces");
-    CHECK(!strcmp(tfm_bpe_piece(b, 260), "▁"), "first piece is '%s'", tfm_bpe_piece(b, 260));
-    CHECK(tfm_bpe_piece(b, 306) == NULL && tfm_bpe_piece(b, -1) == NULL, "piece out of range");
-    CHECK(tfm_bpe_piece_id(b, "<0x2C>", 6) == 4 + 0x2C, "byte piece id");
-    CHECK(tfm_bpe_piece_id(b, "</s>", 4) == 2, "eos piece id");
-    CHECK(tfm_bpe_piece_id(b, "▁the", strlen("▁the")) == 288, "'▁the' id");
-    CHECK(tfm_bpe_piece_id(b, "xyz", 3) == -1, "unknown piece id");
-
+/* The golden encodings of the tiny model: the same for v1 and v2. */
+static void check_tiny_golden(const tfm_bpe *b, const char *what) {
     struct {
         const char *text;
         int32_t ids[32];
@@ -165,22 +147,57 @@ static void test_golden(void) {
          {"▁", "▁", "▁the", "<0x09>", "d", "og", ".", "▁", "▁"},
          9},
     };
+    CHECK(tfm_bpe_piece_id(b, "▁the", strlen("▁the")) == 288, "%s: '▁the' id", what);
     for (size_t g = 0; g < sizeof golden / sizeof golden[0]; g++) {
         int32_t *ids = NULL;
         size_t n = 0;
-        st = tfm_bpe_encode(b, golden[g].text, strlen(golden[g].text), &ids, &n);
-        CHECK(st == TFM_OK, "encode golden %zu: %s", g, tfm_last_error());
-        CHECK(n == golden[g].n, "golden %zu: %zu ids, want %zu", g, n, golden[g].n);
+        tfm_status st = tfm_bpe_encode(b, golden[g].text, strlen(golden[g].text), &ids, &n);
+        CHECK(st == TFM_OK, "%s: encode golden %zu: %s", what, g, tfm_last_error());
+        CHECK(n == golden[g].n, "%s: golden %zu: %zu ids, want %zu", what, g, n, golden[g].n);
         for (size_t i = 0; i < n && i < golden[g].n; i++) {
-            CHECK(ids[i] == golden[g].ids[i], "golden %zu: id %zu is %d, want %d", g, i, ids[i],
-                  golden[g].ids[i]);
+            CHECK(ids[i] == golden[g].ids[i], "%s: golden %zu: id %zu is %d, want %d", what, g, i,
+                  ids[i], golden[g].ids[i]);
             CHECK(!strcmp(tfm_bpe_piece(b, ids[i]), golden[g].pieces[i]),
-                  "golden %zu: piece %zu is '%s', want '%s'", g, i, tfm_bpe_piece(b, ids[i]),
-                  golden[g].pieces[i]);
+                  "%s: golden %zu: piece %zu is '%s', want '%s'", what, g, i,
+                  tfm_bpe_piece(b, ids[i]), golden[g].pieces[i]);
         }
-        check_round_trip(b, "golden", golden[g].text, strlen(golden[g].text));
+        check_round_trip(b, what, golden[g].text, strlen(golden[g].text));
         free(ids);
     }
+}
+
+/* Learns the tiny model as `version` and checks it against the golden ids and
+ * the golden file; save/load and a second learn give the same model. */
+static void test_golden(int version) {
+    tfm_bpe_params p;
+    tfm_bpe_default_params(&p);
+    CHECK(p.version == 2, "default version %d", p.version);
+    p.vocab_size = 400;
+    p.version = version;
+    const char *want_file = version == 1 ? TINY_MODEL_V1 : TINY_MODEL_V2;
+    char what[16];
+    snprintf(what, sizeof what, "tiny v%d", version);
+    tfm_bpe *b = NULL;
+    tfm_status st = tfm_bpe_learn_text(&p, TINY, strlen(TINY), &b);
+    CHECK(st == TFM_OK, "%s: learn: %s", what, tfm_last_error());
+    if (!b) return;
+    CHECK(tfm_bpe_version(b) == version, "%s: version %d", what, tfm_bpe_version(b));
+    CHECK(tfm_bpe_vocab_size(b) == 306, "vocab %d", tfm_bpe_vocab_size(b));
+    CHECK(tfm_bpe_num_chars(b) == 25, "chars %d", tfm_bpe_num_chars(b));
+    CHECK(tfm_bpe_num_merges(b) == 21, "merges %d", tfm_bpe_num_merges(b));
+
+    /* Reserved pieces. */
+    CHECK(!strcmp(tfm_bpe_piece(b, 0), "<pad>") && !strcmp(tfm_bpe_piece(b, 1), "<s>") &&
+              !strcmp(tfm_bpe_piece(b, 2), "</s>") && !strcmp(tfm_bpe_piece(b, 3), "<unk>"),
+          "special pieces");
+    CHECK(!strcmp(tfm_bpe_piece(b, 4), "<0x00>") && !strcmp(tfm_bpe_piece(b, 259), "<0xFF>"),
+          "byte pieces");
+    CHECK(!strcmp(tfm_bpe_piece(b, 260), "▁"), "first piece is '%s'", tfm_bpe_piece(b, 260));
+    CHECK(tfm_bpe_piece(b, 306) == NULL && tfm_bpe_piece(b, -1) == NULL, "piece out of range");
+    CHECK(tfm_bpe_piece_id(b, "<0x2C>", 6) == 4 + 0x2C, "byte piece id");
+    CHECK(tfm_bpe_piece_id(b, "</s>", 4) == 2, "eos piece id");
+    CHECK(tfm_bpe_piece_id(b, "xyz", 3) == -1, "unknown piece id");
+    check_tiny_golden(b, what);
 
     /* The saved file, byte for byte. */
     char path[128];
@@ -189,8 +206,8 @@ static void test_golden(void) {
     CHECK(st == TFM_OK, "save: %s", tfm_last_error());
     size_t len = 0;
     char *file = read_all(path, &len);
-    CHECK(file && len == strlen(TINY_MODEL) && !memcmp(file, TINY_MODEL, len),
-          "tiny model file differs from the golden text:\n%s", file ? file : "(unreadable)");
+    CHECK(file && len == strlen(want_file) && !memcmp(file, want_file, len),
+          "%s: model file differs from the golden text:\n%s", what, file ? file : "(unreadable)");
     free(file);
     char tmp[160];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
@@ -210,6 +227,7 @@ static void test_golden(void) {
     st = tfm_bpe_load(path, &l);
     CHECK(st == TFM_OK, "load: %s", tfm_last_error());
     if (l) {
+        CHECK(tfm_bpe_version(l) == version, "%s: loaded version %d", what, tfm_bpe_version(l));
         CHECK(tfm_bpe_vocab_size(l) == tfm_bpe_vocab_size(b), "loaded vocab size");
         for (int32_t i = 0; i < tfm_bpe_vocab_size(b); i++)
             CHECK(!strcmp(tfm_bpe_piece(b, i), tfm_bpe_piece(l, i)), "loaded piece %d", i);
@@ -228,8 +246,240 @@ static void test_golden(void) {
     remove(path);
 
     for (size_t t = 0; t < sizeof TRICKY / sizeof TRICKY[0]; t++)
-        check_round_trip(b, "tiny", TRICKY[t], strlen(TRICKY[t]));
+        check_round_trip(b, what, TRICKY[t], strlen(TRICKY[t]));
     tfm_bpe_free(b);
+}
+
+/* A v1 model file as older builds wrote it (not made by this build's
+ * trainer) loads as v1 and gives the ids it always gave. */
+static void test_v1_file(void) {
+    char path[128];
+    snprintf(path, sizeof path, "%s/old.model", tmpdir);
+    FILE *f = fopen(path, "wb");
+    CHECK(f != NULL, "create %s", path);
+    if (!f) return;
+    fputs(TINY_MODEL_V1, f);
+    fclose(f);
+    tfm_bpe *b = NULL;
+    tfm_status st = tfm_bpe_load(path, &b);
+    CHECK(st == TFM_OK && b, "load v1 file: %s", tfm_last_error());
+    if (b) {
+        CHECK(tfm_bpe_version(b) == 1, "v1 file loaded as version %d", tfm_bpe_version(b));
+        check_tiny_golden(b, "v1 file");
+        char *pieces = NULL;
+        st = tfm_bpe_encode_pieces(b, "the dog.", 8, &pieces, NULL);
+        CHECK(st == TFM_OK && pieces && !strcmp(pieces, "▁the ▁dog ."), "v1 'the dog.': '%s'",
+              pieces ? pieces : "");
+        free(pieces);
+        /* Saving it again keeps it v1, byte for byte. */
+        char path2[160];
+        snprintf(path2, sizeof path2, "%s/old2.model", tmpdir);
+        CHECK(tfm_bpe_save(b, path2) == TFM_OK, "save v1: %s", tfm_last_error());
+        size_t len = 0;
+        char *file = read_all(path2, &len);
+        CHECK(file && len == strlen(TINY_MODEL_V1) && !memcmp(file, TINY_MODEL_V1, len),
+              "a loaded v1 model saves differently:\n%s", file ? file : "(unreadable)");
+        free(file);
+        remove(path2);
+        for (size_t t = 0; t < sizeof TRICKY / sizeof TRICKY[0]; t++)
+            check_round_trip(b, "v1 file", TRICKY[t], strlen(TRICKY[t]));
+    }
+    tfm_bpe_free(b);
+    remove(path);
+}
+
+/* The words of text under `version`, joined by '|' (a space as '▁'). */
+static void words_of(const char *text, int version, char *out, size_t cap) {
+    size_t len = strlen(text);
+    uint32_t *cps = malloc((len + 1) * sizeof *cps), *starts = malloc((len + 2) * sizeof *starts);
+    size_t bad = 0, nw = tfm_bpe_pretokenize(text, len, version, cps, starts, &bad);
+    size_t o = 0;
+    out[0] = '\0';
+    for (size_t w = 0; w < nw && nw != (size_t)-1; w++) {
+        if (w && o + 1 < cap) out[o++] = '|';
+        for (uint32_t i = starts[w]; i < starts[w + 1]; i++) {
+            char buf[4];
+            uint32_t cp = cps[i] == TFM_BPE_META_CP ? 0x2581 : cps[i];
+            int k = tfm_utf8_encode(cp, buf);
+            if (o + (size_t)k < cap) memcpy(out + o, buf, (size_t)k), o += (size_t)k;
+        }
+    }
+    out[o < cap ? o : cap - 1] = '\0';
+    free(cps);
+    free(starts);
+}
+
+static void test_pretokenize(void) {
+    static const struct {
+        int version;
+        const char *text, *words;
+    } cases[] = {
+        {2, "Fahrrad.", "▁Fahrrad|."},
+        {2, "Das Fahrrad.", "▁Das|▁Fahrrad|."},
+        {2, "2016er abc2016 x2y 3.14", "▁2016|er|▁abc|2016|▁x|2|y|▁3|.|14"},
+        {2, "Hallo... (Welt)!?", "▁Hallo|...|▁(|Welt|)!?"},
+        {2, "it's a T-Shirt", "▁it|'|s|▁a|▁T|-|Shirt"},
+        {2, "Übermäßig Straße ß", "▁Übermäßig|▁Straße|▁ß"},
+        /* Combining marks stay with what they follow, even at a word start. */
+        {2, "cafe\xCC\x81, e\xCC\x81te\xCC\x81", "▁cafe\xCC\x81|,|▁e\xCC\x81te\xCC\x81"},
+        {2, "\xCC\x81x .\xCC\x81x", "▁\xCC\x81x|▁.\xCC\x81|x"},
+        /* Emoji: symbols, with their joiners, selectors and modifiers. */
+        {2, "❤️ 👨‍👩‍👧 👍🏽🇩🇪 1️⃣", "▁❤️|▁👨‍👩‍👧|▁👍🏽🇩🇪|▁1️⃣"},
+        {2, "x²+½ Ⅻ", "▁x|²|+|½|▁Ⅻ"},
+        {2, "中文。コーヒー、한국어", "▁中文|。|コーヒー|、|한국어"},
+        {2, "a\tb  c\x01" "d", "▁a|\t|b|▁|▁c|\x01|d"},
+        {2, " ", "▁|▁"},
+        /* The example of docs/bpe.md. */
+        {2, "Das Fahrrad...  2016er, it's e\xCC\x81",
+         "▁Das|▁Fahrrad|...|▁|▁2016|er|,|▁it|'|s|▁e\xCC\x81"},
+        {1, "Das Fahrrad. 2016er", "▁Das|▁Fahrrad.|▁2016er"},
+        {1, "a\tb  c\x01" "d", "▁a|\t|b|▁|▁c\x01" "d"},
+    };
+    char got[512];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        words_of(cases[i].text, cases[i].version, got, sizeof got);
+        CHECK(!strcmp(got, cases[i].words), "v%d words of '%s': '%s', want '%s'",
+              cases[i].version, cases[i].text, got, cases[i].words);
+    }
+    CHECK(tfm_bpe_char_class('a') == TFM_BPE_CLASS_LETTER &&
+              tfm_bpe_char_class(0xE4) == TFM_BPE_CLASS_LETTER &&
+              tfm_bpe_char_class(0x4E2D) == TFM_BPE_CLASS_LETTER &&
+              tfm_bpe_char_class('7') == TFM_BPE_CLASS_DIGIT &&
+              tfm_bpe_char_class(0x0663) == TFM_BPE_CLASS_DIGIT &&
+              tfm_bpe_char_class('.') == TFM_BPE_CLASS_OTHER &&
+              tfm_bpe_char_class(0xD7) == TFM_BPE_CLASS_OTHER &&
+              tfm_bpe_char_class(0x2581) == TFM_BPE_CLASS_OTHER &&
+              tfm_bpe_char_class(0x0301) == TFM_BPE_CLASS_EXTEND &&
+              tfm_bpe_char_class(0x200D) == TFM_BPE_CLASS_EXTEND,
+          "character classes");
+}
+
+/* 1 when the piece's characters (after a leading '▁', marks aside) are all
+ * of one class: what v2 guarantees of every piece it learns. */
+static int one_class(const char *piece) {
+    const char *p = piece, *end = piece + strlen(piece);
+    if (!strncmp(p, TFM_BPE_META, 3)) p += 3;
+    int cls = 0;
+    while (p < end) {
+        uint32_t cp;
+        int k = tfm_utf8_decode(p, end, &cp);
+        if (!k) return 0;
+        p += k;
+        int c = tfm_bpe_char_class(cp);
+        if (c == TFM_BPE_CLASS_EXTEND) continue;
+        if (cls && c != cls) return 0;
+        cls = c;
+    }
+    return 1;
+}
+
+/* Counts the learned pieces (characters and merges) that mix classes. */
+static int mixed_pieces(const tfm_bpe *b, const char **example) {
+    int mixed = 0;
+    for (int32_t id = TFM_BPE_FIRST_PIECE; id < tfm_bpe_vocab_size(b); id++)
+        if (!one_class(tfm_bpe_piece(b, id))) {
+            if (!mixed && example) *example = tfm_bpe_piece(b, id);
+            mixed++;
+        }
+    return mixed;
+}
+
+/* Text where whitespace-only pre-tokenization learns "▁Fahrrad." and
+ * "▁2016er". */
+static const char SPLIT[] = "Das Fahrrad. Ein Fahrrad.\n"
+                            "Das rote Fahrrad, 2016.\n"
+                            "Im Jahr 2016er fuhr das Fahrrad.\n"
+                            "Die 2016er Fahrräder!\n"
+                            "Das Fahrrad... 2016er\n";
+
+static void check_encoding(const tfm_bpe *b, const char *what, const char *text,
+                           const char *want_pieces, const int32_t *want_ids, size_t nwant) {
+    char *pieces = NULL;
+    tfm_status st = tfm_bpe_encode_pieces(b, text, strlen(text), &pieces, NULL);
+    CHECK(st == TFM_OK && pieces && !strcmp(pieces, want_pieces), "%s: '%s' gave '%s', want '%s'",
+          what, text, pieces ? pieces : "", want_pieces);
+    free(pieces);
+    int32_t *ids = NULL;
+    size_t n = 0;
+    st = tfm_bpe_encode(b, text, strlen(text), &ids, &n);
+    CHECK(st == TFM_OK && n == nwant && !memcmp(ids, want_ids, n * sizeof *ids),
+          "%s: ids of '%s' differ from the golden ids", what, text);
+    free(ids);
+    check_round_trip(b, what, text, strlen(text));
+}
+
+static void test_split(void) {
+    tfm_bpe_params p;
+    tfm_bpe_default_params(&p);
+    p.vocab_size = 400;
+    tfm_bpe *v2 = NULL, *v1 = NULL;
+    CHECK(tfm_bpe_learn_text(&p, SPLIT, strlen(SPLIT), &v2) == TFM_OK, "learn v2: %s",
+          tfm_last_error());
+    p.version = 1;
+    CHECK(tfm_bpe_learn_text(&p, SPLIT, strlen(SPLIT), &v1) == TFM_OK, "learn v1: %s",
+          tfm_last_error());
+    if (!v1 || !v2) {
+        tfm_bpe_free(v1);
+        tfm_bpe_free(v2);
+        return;
+    }
+    CHECK(tfm_bpe_version(v2) == 2 && tfm_bpe_version(v1) == 1, "versions %d %d",
+          tfm_bpe_version(v2), tfm_bpe_version(v1));
+    CHECK(tfm_bpe_vocab_size(v2) == 303 && tfm_bpe_num_merges(v2) == 16, "v2: vocab %d merges %d",
+          tfm_bpe_vocab_size(v2), tfm_bpe_num_merges(v2));
+
+    /* The old behaviour, and what v2 makes of the same text. */
+    const int32_t v1_fahrrad[] = {302, 299};
+    check_encoding(v1, "split v1", "Das Fahrrad.", "▁Das ▁Fahrrad.", v1_fahrrad, 2);
+    const int32_t v2_fahrrad[] = {301, 293, 264};
+    check_encoding(v2, "split v2", "Das Fahrrad.", "▁Das ▁Fahrrad .", v2_fahrrad, 3);
+    const int32_t v2_fahrrad_only[] = {293, 264};
+    check_encoding(v2, "split v2", "Fahrrad.", "▁Fahrrad .", v2_fahrrad_only, 2);
+    const int32_t v1_2016[] = {260, 279, 288, 303, 276, 260, 262, 102, 103, 270, 298, 271};
+    check_encoding(v1, "split v1", "Jahr 2016er, abc2016",
+                   "▁ J ahr ▁2016er , ▁ a <0x62> <0x63> 2 01 6", v1_2016, 12);
+    const int32_t v2_2016[] = {260, 279, 288, 300, 297, 276, 260, 262, 102, 103, 270, 298, 271};
+    check_encoding(v2, "split v2", "Jahr 2016er, abc2016",
+                   "▁ J ahr ▁2016 er , ▁ a <0x62> <0x63> 2 01 6", v2_2016, 13);
+    /* A run of punctuation is one word: its characters may merge. */
+    const int32_t v2_dots[] = {301, 293, 302, 264};
+    check_encoding(v2, "split v2", "Das Fahrrad...", "▁Das ▁Fahrrad .. .", v2_dots, 4);
+
+    /* No v2 piece mixes classes; v1 learned some that do. */
+    const char *example = NULL;
+    int mixed = mixed_pieces(v2, &example);
+    CHECK(mixed == 0, "v2 learned %d pieces that mix classes, e.g. '%s'", mixed,
+          example ? example : "");
+    CHECK(mixed_pieces(v1, NULL) >= 2, "v1 learned no piece that mixes classes");
+
+    /* Save and load keep v2 and its encodings. */
+    char path[128];
+    snprintf(path, sizeof path, "%s/split.model", tmpdir);
+    CHECK(tfm_bpe_save(v2, path) == TFM_OK, "save: %s", tfm_last_error());
+    size_t len = 0;
+    char *file = read_all(path, &len);
+    CHECK(file && len > 21 && !memcmp(file, "transformer.c bpe v2\n", 21), "v2 header");
+    free(file);
+    tfm_bpe *l = NULL;
+    CHECK(tfm_bpe_load(path, &l) == TFM_OK && l && tfm_bpe_version(l) == 2, "load v2: %s",
+          tfm_last_error());
+    if (l) check_encoding(l, "split v2 loaded", "Jahr 2016er, abc2016",
+                          "▁ J ahr ▁2016 er , ▁ a <0x62> <0x63> 2 01 6", v2_2016, 13);
+    tfm_bpe_free(l);
+    remove(path);
+
+    for (size_t t = 0; t < sizeof TRICKY / sizeof TRICKY[0]; t++) {
+        check_round_trip(v2, "split v2", TRICKY[t], strlen(TRICKY[t]));
+        check_round_trip(v1, "split v1", TRICKY[t], strlen(TRICKY[t]));
+    }
+    const char *more[] = {"Fahrrad.2016er...!!", "1️⃣ x²+½ cafe\xCC\x81 \xCC\x81x .\xCC\x81x",
+                          "中文。コーヒー、한국어 3.14", SPLIT};
+    for (size_t t = 0; t < sizeof more / sizeof more[0]; t++) {
+        check_round_trip(v2, "split v2", more[t], strlen(more[t]));
+        check_round_trip(v1, "split v1", more[t], strlen(more[t]));
+    }
+    tfm_bpe_free(v1);
+    tfm_bpe_free(v2);
 }
 
 static void test_fallback_and_errors(void) {
@@ -328,7 +578,7 @@ static void test_fallback_and_errors(void) {
 
 static void test_build(void) {
     tfm_bpe *b = NULL;
-    tfm_status st = tfm_bpe_build_new(&b);
+    tfm_status st = tfm_bpe_build_new(2, &b);
     CHECK(st == TFM_OK && b, "build_new");
     if (!b) return;
     int32_t meta, a, bb, c, lt, s, gt, bc, abc, ab, abc2, ls, x;
@@ -403,6 +653,9 @@ static void test_threads(const tfm_bpe *b, const char *text, size_t len) {
     free(want);
 }
 
+static void multi30k(int version, const char *en, const char *de, const char *val_en,
+                     const char *val_de);
+
 static void test_multi30k(void) {
     char dir[512];
     snprintf(dir, sizeof dir, "%s/data/multi30k",
@@ -416,15 +669,29 @@ static void test_multi30k(void) {
         printf("SKIP multi30k part: %s/{train,val}.{en,de} not found (set TFM_SHARED_DIR)\n", dir);
         return;
     }
+    for (int version = 2; version >= 1; version--) multi30k(version, en, de, val_en, val_de);
+}
+
+/* Learns a 2000 vocabulary of `version` on Multi30k train and round-trips val. */
+static void multi30k(int version, const char *en, const char *de, const char *val_en,
+                     const char *val_de) {
     tfm_bpe_params p;
     tfm_bpe_default_params(&p);
     p.vocab_size = 2000;
+    p.version = version;
     const char *files[] = {en, de};
     tfm_bpe *b = NULL;
     tfm_status st = tfm_bpe_learn(&p, files, 2, &b);
-    CHECK(st == TFM_OK, "learn multi30k: %s", tfm_last_error());
+    CHECK(st == TFM_OK, "learn multi30k v%d: %s", version, tfm_last_error());
     if (!b) return;
     CHECK(tfm_bpe_vocab_size(b) == 2000, "vocab %d", tfm_bpe_vocab_size(b));
+    const char *example = NULL;
+    int mixed = mixed_pieces(b, &example);
+    if (version >= 2)
+        CHECK(mixed == 0, "multi30k v2: %d pieces mix classes, e.g. '%s'", mixed,
+              example ? example : "");
+    printf("multi30k v%d: %d of %d pieces mix character classes\n", version, mixed,
+           tfm_bpe_vocab_size(b) - TFM_BPE_FIRST_PIECE);
     const char *vals[] = {val_en, val_de};
     for (int v = 0; v < 2; v++) {
         size_t len = 0;
@@ -457,11 +724,11 @@ static void test_multi30k(void) {
         }
         CHECK(mismatches == 0, "%s: %zu of %zu lines do not round-trip", vals[v], mismatches,
               lines);
-        printf("%s: %zu lines round-trip, %.2f tokens per word\n", vals[v], lines,
+        printf("v%d %s: %zu lines round-trip, %.2f tokens per word\n", version, vals[v], lines,
                (double)tokens / (double)words);
         CHECK((double)tokens / (double)words < 2.0, "%s: %.2f tokens per word", vals[v],
               (double)tokens / (double)words);
-        if (v == 1) test_threads(b, text, len);
+        if (v == 1 && version >= 2) test_threads(b, text, len);
         free(text);
     }
     tfm_bpe_free(b);
@@ -473,7 +740,11 @@ int main(void) {
         perror("mkdtemp");
         return 1;
     }
-    test_golden();
+    test_golden(1);
+    test_golden(2);
+    test_v1_file();
+    test_pretokenize();
+    test_split();
     test_fallback_and_errors();
     test_build();
     test_multi30k();

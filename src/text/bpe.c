@@ -7,6 +7,9 @@
  * is left. That is O(n log n) per word, against O(n^2) for rescanning.
  * Encoding allocates its scratch per call (on the stack for short texts), so
  * one model serves any number of threads.
+ * Words come from tfm_bpe_pretokenize, which the trainer shares, so learning
+ * and encoding split text alike: at whitespace (v1), and also at changes of
+ * character class (v2, tfm_bpe_char_class). The model remembers its version.
  *
  * What it does not do: learn (bpe_train.c), normalise text (NFKC, case,
  * collapsing spaces: the text is kept byte for byte), or add <s> / </s>.
@@ -22,6 +25,7 @@
 #include "core/rng.h"
 #include "core/status.h"
 #include "core/utf8.h"
+#include "text/unicode_tables.h"
 
 /* Code points below this are looked up in a direct table, the rest hashed. */
 #define CHAR_DIRECT 0x3000
@@ -95,6 +99,7 @@ static void map_free(u64map *m) {
 /* ------------------------------------------------------------------ model */
 
 struct tfm_bpe {
+    int version;             /* pre-tokenization: TFM_BPE_VERSION_MIN..MAX */
     int32_t n, cap;          /* ids in use and allocated */
     size_t *piece_off;       /* [cap] the text-form piece, NUL-terminated in pool */
     size_t *surf_off;        /* [cap] the decoded bytes ('▁' as a space) in pool */
@@ -219,10 +224,12 @@ void tfm_bpe_free(tfm_bpe *b) {
     free(b);
 }
 
-tfm_status tfm_bpe_build_new(tfm_bpe **out) {
+tfm_status tfm_bpe_build_new(int version, tfm_bpe **out) {
+    TFM_ASSERT(version >= TFM_BPE_VERSION_MIN && version <= TFM_BPE_VERSION_MAX);
     *out = NULL;
     tfm_bpe *b = calloc(1, sizeof *b);
     if (!b) return tfm_error(TFM_ERR_NOMEM, "bpe: out of memory");
+    b->version = version;
     b->meta_id = -1;
     for (int i = 0; i < CHAR_DIRECT; i++) b->char_direct[i] = -1;
     static const char *const specials[] = {"<pad>", "<s>", "</s>", "<unk>"};
@@ -346,6 +353,7 @@ done:
 }
 
 int32_t tfm_bpe_vocab_size(const tfm_bpe *b) { return b->n; }
+int tfm_bpe_version(const tfm_bpe *b) { return b->version; }
 int32_t tfm_bpe_num_chars(const tfm_bpe *b) { return b->nchars; }
 int32_t tfm_bpe_num_merges(const tfm_bpe *b) { return b->nmerges; }
 
@@ -385,8 +393,30 @@ int tfm_bpe_is_space(uint32_t cp) {
     }
 }
 
-size_t tfm_bpe_pretokenize(const char *text, size_t len, uint32_t *cps, uint32_t *starts,
-                           size_t *bad) {
+int tfm_bpe_char_class(uint32_t cp) {
+    if (cp < 0x80) {
+        if ((cp | 0x20) >= 'a' && (cp | 0x20) <= 'z') return TFM_BPE_CLASS_LETTER;
+        if (cp >= '0' && cp <= '9') return TFM_BPE_CLASS_DIGIT;
+        return TFM_BPE_CLASS_OTHER;
+    }
+    if (cp <= 0x9F) return TFM_BPE_CLASS_OTHER; /* C1 controls, like ASCII's */
+    if (tfm_uni_in(tfm_uni_number, tfm_uni_number_count, cp)) return TFM_BPE_CLASS_DIGIT;
+    if (tfm_uni_in(tfm_uni_punct, tfm_uni_punct_count, cp) ||
+        tfm_uni_in(tfm_uni_symbol, tfm_uni_symbol_count, cp))
+        return TFM_BPE_CLASS_OTHER;
+    /* Case_Ignorable is Mn, Me, Cf, Lm, Sk and some punctuation; with P and S
+     * gone, what is left are the marks, joiners and modifier letters that
+     * belong with the character before them (é as e + U+0301, the ZWJ and
+     * U+FE0F of emoji sequences, Japanese ー). */
+    if (tfm_uni_in(tfm_uni_case_ignorable, tfm_uni_case_ignorable_count, cp))
+        return TFM_BPE_CLASS_EXTEND;
+    /* Letters of every script, Mc marks, private use and unassigned code
+     * points: one class, so that a script's letters and marks stay together. */
+    return TFM_BPE_CLASS_LETTER;
+}
+
+size_t tfm_bpe_pretokenize(const char *text, size_t len, int version, uint32_t *cps,
+                           uint32_t *starts, size_t *bad) {
     if (!len) {
         starts[0] = 0;
         return 0;
@@ -397,6 +427,7 @@ size_t tfm_bpe_pretokenize(const char *text, size_t len, uint32_t *cps, uint32_t
     starts[nw++] = 0;
     cps[n++] = TFM_BPE_META_CP;
     int open = 1; /* the current word takes more characters */
+    int cls = 0;  /* v2: the class of the current word's characters, 0 for none yet */
     while (p < end) {
         uint32_t cp;
         unsigned char c = (unsigned char)*p;
@@ -415,6 +446,7 @@ size_t tfm_bpe_pretokenize(const char *text, size_t len, uint32_t *cps, uint32_t
             starts[nw++] = (uint32_t)n;
             cps[n++] = TFM_BPE_META_CP;
             open = 1;
+            cls = 0;
         } else if (tfm_bpe_is_space(cp)) {
             starts[nw++] = (uint32_t)n;
             cps[n++] = cp;
@@ -423,6 +455,16 @@ size_t tfm_bpe_pretokenize(const char *text, size_t len, uint32_t *cps, uint32_t
             if (!open) {
                 starts[nw++] = (uint32_t)n;
                 open = 1;
+                cls = 0;
+            }
+            if (version >= 2) {
+                /* A new word where the class changes; the '▁' (no class)
+                 * stays with the first run. Every start is a distinct index
+                 * of cps, so starts never needs more than len + 2 entries. */
+                int k = tfm_bpe_char_class(cp);
+                if (k == TFM_BPE_CLASS_EXTEND) k = cls ? cls : TFM_BPE_CLASS_LETTER;
+                if (cls && k != cls) starts[nw++] = (uint32_t)n;
+                cls = k;
             }
             cps[n++] = cp;
         }
@@ -570,7 +612,7 @@ tfm_status tfm_bpe_encode_into(const tfm_bpe *b, const char *text, size_t len, i
     scratch s;
     scratch_carve(&s, mem, len);
     size_t bad = 0;
-    size_t nw = tfm_bpe_pretokenize(text, len, s.cps, s.starts, &bad);
+    size_t nw = tfm_bpe_pretokenize(text, len, b->version, s.cps, s.starts, &bad);
     tfm_status st = TFM_OK;
     if (nw == (size_t)-1) {
         st = tfm_error(TFM_ERR_INVALID, "invalid UTF-8 at byte %zu", bad + 1);
@@ -698,7 +740,7 @@ tfm_status tfm_bpe_save(const tfm_bpe *b, const char *path) {
         free(tmp);
         return st;
     }
-    fprintf(f, "transformer.c bpe v1\nvocab_size %d\nchars %d\n", b->n, b->nchars);
+    fprintf(f, "transformer.c bpe v%d\nvocab_size %d\nchars %d\n", b->version, b->n, b->nchars);
     for (int32_t i = 0; i < b->nchars; i++) {
         uint32_t cp = b->chars[i];
         fprintf(f, "U+%04X", cp);
@@ -850,18 +892,29 @@ static tfm_status parse_merge(reader *r, tfm_bpe *b) {
     return TFM_OK;
 }
 
-static tfm_status parse_model(reader *r, tfm_bpe *b) {
-    static const char magic[] = "transformer.c bpe v1";
+/* Reads the header line "transformer.c bpe vN" into *version. */
+static tfm_status parse_header(reader *r, int *version) {
+    static const char magic[] = "transformer.c bpe v";
+    const size_t ml = sizeof magic - 1;
     TFM_TRY(next_line(r, "the header"));
-    if (r->len != sizeof magic - 1 || memcmp(r->s, magic, r->len)) {
-        if (r->len > 19 && !memcmp(r->s, magic, 19))
-            return tfm_error(TFM_ERR_FORMAT,
-                             "%s:1: unsupported BPE model version '%.*s' (this build reads v1)",
-                             r->path, (int)(r->len > 40 ? 40 : r->len), r->s);
+    if (r->len < ml || memcmp(r->s, magic, ml))
         return tfm_error(TFM_ERR_FORMAT,
-                         "%s:1: not a transformer.c BPE model (expected '%s' on the first line)",
-                         r->path, magic);
-    }
+                         "%s:1: not a transformer.c BPE model (expected '%s%d' on the first "
+                         "line)",
+                         r->path, magic, TFM_BPE_VERSION_MAX);
+    if (r->len != ml + 1 || r->s[ml] < '0' + TFM_BPE_VERSION_MIN ||
+        r->s[ml] > '0' + TFM_BPE_VERSION_MAX)
+        return tfm_error(TFM_ERR_FORMAT,
+                         "%s:1: unsupported BPE model version '%.*s' (this build reads v%d to "
+                         "v%d)",
+                         r->path, (int)(r->len > 40 ? 40 : r->len), r->s, TFM_BPE_VERSION_MIN,
+                         TFM_BPE_VERSION_MAX);
+    *version = r->s[ml] - '0';
+    return TFM_OK;
+}
+
+/* Everything after the header. */
+static tfm_status parse_model(reader *r, tfm_bpe *b) {
     long vocab, nchars, nmerges;
     TFM_TRY(keyed_int(r, "vocab_size", MAX_VOCAB, &vocab));
     int vocab_line = r->line;
@@ -920,10 +973,12 @@ tfm_status tfm_bpe_load(const char *path, tfm_bpe **out) {
     fclose(f);
     if (!buf) return tfm_error(TFM_ERR_NOMEM, "%s: out of memory reading the model", path);
     if (st == TFM_OK) {
-        tfm_bpe *b;
-        st = tfm_bpe_build_new(&b);
+        tfm_bpe *b = NULL;
+        reader r = {path, buf, buf + len, 0, NULL, 0};
+        int version = 0;
+        st = parse_header(&r, &version);
+        if (st == TFM_OK) st = tfm_bpe_build_new(version, &b);
         if (st == TFM_OK) {
-            reader r = {path, buf, buf + len, 0, NULL, 0};
             st = parse_model(&r, b);
             if (st == TFM_OK) *out = b;
             else tfm_bpe_free(b);

@@ -11,6 +11,14 @@
  *   - Pre-tokenization: a word is an optional leading '▁' and the non-space
  *     characters after it. Any other whitespace character (tab, NBSP, U+3000,
  *     ...) is a word of its own. Merges never cross words.
+ *   - Version 2 (what tfm_bpe_learn makes by default) also splits a word
+ *     wherever the character class changes, as SentencePiece's
+ *     split_by_unicode_script and split_by_number do: letters, digits (a run
+ *     of digits stays together), and everything else (punctuation, symbols,
+ *     controls; a run of them stays together). Combining marks and other
+ *     extending characters join the run before them. The '▁' stays on the
+ *     first run: "▁Fahrrad." is "▁Fahrrad" + ".", "▁2016er" is "▁2016" + "er".
+ *     Version 1 models (whitespace only) load and encode exactly as before.
  *   - A character that is not in the vocabulary (never seen in training, too
  *     rare to be kept, U+0000, or a literal U+2581) is encoded as its UTF-8
  *     bytes, one byte token <0xHH> each. Byte tokens are never merged, and
@@ -58,6 +66,9 @@ typedef struct tfm_bpe_params {
                              bytes: 0.9999 */
     int verbose;          /* a summary of each stage on stderr (learning takes
                              about a second, so there is no progress meter): 0 */
+    int version;          /* pre-tokenization and file format: 2 splits words
+                             at changes of character class, 1 at whitespace
+                             only (the old models): 2 */
 } tfm_bpe_params;
 
 /* Fills *p with the defaults above. */
@@ -84,7 +95,7 @@ tfm_status tfm_bpe_learn_text(const tfm_bpe_params *params, const char *text, si
  * and renamed over path. Errors: TFM_ERR_IO naming the path.
  *
  * The format is UTF-8 text, one item per line:
- *     transformer.c bpe v1
+ *     transformer.c bpe v2      v1 or v2: the pre-tokenization (see the top)
  *     vocab_size V
  *     chars C
  *     U+2581 ▁          C lines: a code point, then (if printable) the
@@ -107,6 +118,9 @@ void tfm_bpe_free(tfm_bpe *bpe);
 
 /* Number of ids (reserved, bytes, characters and merged pieces). */
 int32_t tfm_bpe_vocab_size(const tfm_bpe *bpe);
+/* The model's version: 1 (whitespace pre-tokenization) or 2 (whitespace and
+ * character classes). */
+int tfm_bpe_version(const tfm_bpe *bpe);
 /* Number of characters and of merges in the model. */
 int32_t tfm_bpe_num_chars(const tfm_bpe *bpe);
 int32_t tfm_bpe_num_merges(const tfm_bpe *bpe);
@@ -165,16 +179,38 @@ int32_t tfm_bpe_piece_id(const tfm_bpe *bpe, const char *piece, size_t len);
  * starts the next word as its '▁' instead). */
 int tfm_bpe_is_space(uint32_t cp);
 
-/* Splits valid UTF-8 into words. Writes the code points to cps (a space as
- * TFM_BPE_META_CP, plus the dummy prefix), word k being cps[starts[k] ..
- * starts[k+1]). cps needs room for len + 1 entries and starts for len + 2.
- * Returns the number of words, 0 for the empty text. On invalid UTF-8 returns
- * (size_t)-1 and the offset of the first bad byte in *bad. */
-size_t tfm_bpe_pretokenize(const char *text, size_t len, uint32_t *cps, uint32_t *starts,
-                           size_t *bad);
+/* The versions this build reads and writes. */
+#define TFM_BPE_VERSION_MIN 1
+#define TFM_BPE_VERSION_MAX 2
 
-/* Building a model piece by piece (the trainer and the loader). */
-tfm_status tfm_bpe_build_new(tfm_bpe **out);
+/* Character classes of version 2's pre-tokenization. */
+enum {
+    TFM_BPE_CLASS_LETTER = 1, /* ASCII letters; from U+0080 on, anything not below */
+    TFM_BPE_CLASS_DIGIT,      /* ASCII digits and Unicode \p{N} (², ½, Ⅻ, ١) */
+    TFM_BPE_CLASS_OTHER,      /* the rest of ASCII, C1 controls, \p{P}, \p{S} */
+    TFM_BPE_CLASS_EXTEND,     /* Mn, Me, Cf, Lm (Case_Ignorable less P and S):
+                                 takes the class of the run it follows */
+};
+
+/* The class of a non-space code point (TFM_BPE_CLASS_*), from the Unicode
+ * tables of unicode_tables.h. Regenerating those tables with a new Unicode
+ * version can move newly assigned characters between classes, and so change
+ * how v2 models split text holding them. */
+int tfm_bpe_char_class(uint32_t cp);
+
+/* Splits valid UTF-8 into words as a model of `version` does. Writes the code
+ * points to cps (a space as TFM_BPE_META_CP, plus the dummy prefix), word k
+ * being cps[starts[k] .. starts[k+1]). cps needs room for len + 1 entries and
+ * starts for len + 2. Returns the number of words, 0 for the empty text. On
+ * invalid UTF-8 returns (size_t)-1 and the offset of the first bad byte in
+ * *bad. */
+size_t tfm_bpe_pretokenize(const char *text, size_t len, int version, uint32_t *cps,
+                           uint32_t *starts, size_t *bad);
+
+/* Building a model piece by piece (the trainer and the loader). `version`
+ * (TFM_BPE_VERSION_MIN..MAX, asserted) is the pre-tokenization it encodes
+ * with. */
+tfm_status tfm_bpe_build_new(int version, tfm_bpe **out);
 /* Adds code point cp (U+2581 standing for the space meta symbol) as the next
  * character id. Errors: TFM_ERR_INVALID for U+0000, a surrogate, a value
  * beyond U+10FFFF, a duplicate, or once merges exist. */

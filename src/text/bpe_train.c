@@ -1,8 +1,11 @@
 /*
  * bpe_train.c: learning a BPE vocabulary from text (tfm_bpe_learn).
  *
- * 1. Count words. Every line is pre-tokenized exactly as the encoder does
- *    (tfm_bpe_pretokenize), and each distinct word is kept once with its count.
+ * 1. Count words. Every line is pre-tokenized exactly as the encoder of the
+ *    model's version does (tfm_bpe_pretokenize: at whitespace, and in v2 at
+ *    changes of character class too), and each distinct word is kept once with
+ *    its count. Merges never cross words, so they never cross those
+ *    boundaries either.
  * 2. Choose the characters: '▁' always, then the most frequent characters until
  *    they cover params->char_coverage of all characters. The rest, U+0000 and
  *    a literal U+2581 become barriers that no pair crosses (the encoder spells
@@ -248,7 +251,7 @@ static tfm_status count_line(trainer *t, const char *s, size_t len, const char *
     TFM_TRY(GROW(t->lcps, t->lcps_cap, len + 1));
     TFM_TRY(GROW(t->lstarts, t->lstarts_cap, len + 2));
     size_t bad = 0;
-    size_t nw = tfm_bpe_pretokenize(s, len, t->lcps, t->lstarts, &bad);
+    size_t nw = tfm_bpe_pretokenize(s, len, t->p.version, t->lcps, t->lstarts, &bad);
     if (nw == (size_t)-1)
         return tfm_error(TFM_ERR_FORMAT, "%s:%zu: invalid UTF-8 at byte %zu of the line", origin,
                          lineno, bad + 1);
@@ -495,6 +498,7 @@ void tfm_bpe_default_params(tfm_bpe_params *p) {
     p->min_frequency = 2;
     p->char_coverage = 0.9999;
     p->verbose = 0;
+    p->version = TFM_BPE_VERSION_MAX;
 }
 
 static tfm_status check_params(const tfm_bpe_params *p) {
@@ -506,6 +510,9 @@ static tfm_status check_params(const tfm_bpe_params *p) {
     if (p->min_frequency < 1)
         return tfm_error(TFM_ERR_INVALID, "bpe learn: min_frequency %d: must be at least 1",
                          p->min_frequency);
+    if (p->version < TFM_BPE_VERSION_MIN || p->version > TFM_BPE_VERSION_MAX)
+        return tfm_error(TFM_ERR_INVALID, "bpe learn: version %d: must be in [%d, %d]",
+                         p->version, TFM_BPE_VERSION_MIN, TFM_BPE_VERSION_MAX);
     if (!(p->char_coverage > 0 && p->char_coverage <= 1))
         return tfm_error(TFM_ERR_INVALID, "bpe learn: char_coverage %g: must be in (0, 1]",
                          p->char_coverage);
@@ -521,7 +528,7 @@ static double now_s(void) {
 /* Steps 2 and 3, once the words are counted. */
 static tfm_status learn_counted(trainer *t, double t0, tfm_bpe **out) {
     tfm_bpe *model;
-    TFM_TRY(tfm_bpe_build_new(&model));
+    TFM_TRY(tfm_bpe_build_new(t->p.version, &model));
     int32_t kept = 0, seen = 0;
     tfm_status st = choose_chars(t, model, &kept, &seen);
     if (st == TFM_OK && t->p.verbose)
