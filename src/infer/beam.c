@@ -28,7 +28,7 @@
 #include <string.h>
 
 #include "core/status.h"
-#include "ops/ops.h"
+#include "backend/backend.h"
 
 void tfm_beam_default_params(tfm_beam_params *p) {
     memset(p, 0, sizeof *p);
@@ -296,7 +296,7 @@ tfm_status tfm_beam_search_stats(tfm_decoder *d, const int32_t *src, int B, int 
         if ((st = tfm_decoder_step(d, s.tok_in)) != TFM_OK) break;
         stats->steps++;
         stats->row_steps += rows;
-        tfm_log_softmax(s.logp, d->logits, rows, V);
+        d->m->be->log_softmax(s.logp, d->logits, rows, V);
         int new_act = 0;
         for (int i = 0; i < n_act; i++) {
             int b = s.act[i];

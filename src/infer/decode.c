@@ -15,7 +15,7 @@
 
 #include "core/rng.h"
 #include "core/status.h"
-#include "ops/ops.h"
+#include "backend/backend.h"
 
 /* Carves the caches and scratch out of one allocation (count, then assign). */
 typedef struct carver {
@@ -118,7 +118,7 @@ tfm_status tfm_decoder_start(tfm_decoder *d, const int32_t *src, int B, int S) {
     int D = cfg->d_model, qd = cfg->heads * m->dk, kvd = cfg->heads * (m->dk + m->dv);
     for (int l = 0; l < cfg->dec_layers; l++) {
         const tfm_attn_weights *w = &m->w.dec[l].cross_attn;
-        tfm_linear_forward(d->cross_kv[l], d->enc_ws.enc.out, w->in_w + (size_t)qd * D, w->in_b + qd, B * S,
+        m->be->linear_forward(d->cross_kv[l], d->enc_ws.enc.out, w->in_w + (size_t)qd * D, w->in_b + qd, B * S,
                            D, kvd);
     }
     return TFM_OK;
@@ -129,7 +129,7 @@ tfm_status tfm_decoder_start(tfm_decoder *d, const int32_t *src, int B, int S) {
 static const float *block_in(tfm_decoder *d, const tfm_norm_weights *nw, const float *x) {
     const tfm_config *cfg = &d->m->cfg;
     if (cfg->norm != TFM_NORM_PRE) return x;
-    tfm_layernorm_forward(d->ln, d->mean, d->rstd, x, nw->w, nw->b, d->B, cfg->d_model, cfg->ln_eps);
+    d->m->be->layernorm_forward(d->ln, d->mean, d->rstd, x, nw->w, nw->b, d->B, cfg->d_model, cfg->ln_eps);
     return d->ln;
 }
 
@@ -138,7 +138,7 @@ static void block_out(tfm_decoder *d, const tfm_norm_weights *nw, float *x) {
     size_t n = (size_t)d->B * cfg->d_model;
     for (size_t i = 0; i < n; i++) x[i] += d->proj[i];
     if (cfg->norm == TFM_NORM_POST) {
-        tfm_layernorm_forward(d->res, d->mean, d->rstd, x, nw->w, nw->b, d->B, cfg->d_model, cfg->ln_eps);
+        d->m->be->layernorm_forward(d->res, d->mean, d->rstd, x, nw->w, nw->b, d->B, cfg->d_model, cfg->ln_eps);
         memcpy(x, d->res, n * sizeof *x);
     }
 }
@@ -148,10 +148,10 @@ static void self_attn_step(tfm_decoder *d, int l, const float *in) {
     const tfm_config *cfg = &m->cfg;
     const tfm_attn_weights *w = &m->w.dec[l].self_attn;
     int D = cfg->d_model, H = cfg->heads, hk = H * m->dk, hv = H * m->dv, B = d->B, T = d->max_T;
-    tfm_linear_forward(d->qkv, in, w->in_w, w->in_b, B, D, m->qkv_dim);
+    m->be->linear_forward(d->qkv, in, w->in_w, w->in_b, B, D, m->qkv_dim);
     if (cfg->positions == TFM_POS_ROPE) {
-        tfm_rope(d->qkv, m->qkv_dim, d->pos, B, H, m->dk, cfg->rope_theta, 0);
-        tfm_rope(d->qkv + hk, m->qkv_dim, d->pos, B, H, m->dk, cfg->rope_theta, 0);
+        m->be->rope(d->qkv, m->qkv_dim, d->pos, B, H, m->dk, cfg->rope_theta, 0);
+        m->be->rope(d->qkv + hk, m->qkv_dim, d->pos, B, H, m->dk, cfg->rope_theta, 0);
     }
     for (int b = 0; b < B; b++) {
         const float *row = d->qkv + (size_t)b * m->qkv_dim;
@@ -164,8 +164,8 @@ static void self_attn_step(tfm_decoder *d, int l, const float *in) {
         .v_row = hv, .v_batch = (long)T * hv, .o_row = hv, .o_batch = hv,
         .key_pad = d->self_pad, .key_pad_stride = T, .scale = 1.0 / sqrt((double)m->dk),
     };
-    tfm_attention_forward(d->att, d->probs, NULL, d->qkv, d->k_cache[l], d->v_cache[l], &dims);
-    tfm_linear_forward(d->proj, d->att, w->out_w, w->out_b, B, hv, D);
+    m->be->attention_forward(d->att, d->probs, NULL, d->qkv, d->k_cache[l], d->v_cache[l], &dims);
+    m->be->linear_forward(d->proj, d->att, w->out_w, w->out_b, B, hv, D);
 }
 
 static void cross_attn_step(tfm_decoder *d, int l, const float *in) {
@@ -173,15 +173,15 @@ static void cross_attn_step(tfm_decoder *d, int l, const float *in) {
     const tfm_config *cfg = &m->cfg;
     const tfm_attn_weights *w = &m->w.dec[l].cross_attn;
     int D = cfg->d_model, H = cfg->heads, hk = H * m->dk, hv = H * m->dv, kvd = hk + hv, B = d->B;
-    tfm_linear_forward(d->qkv, in, w->in_w, w->in_b, B, D, hk);
+    m->be->linear_forward(d->qkv, in, w->in_w, w->in_b, B, D, hk);
     tfm_attn_dims dims = {
         .B = B, .H = H, .Tq = 1, .Tk = d->S, .dk = m->dk, .dv = m->dv,
         .q_row = hk, .q_batch = hk, .k_row = kvd, .k_batch = (long)d->S * kvd,
         .v_row = kvd, .v_batch = (long)d->S * kvd, .o_row = hv, .o_batch = hv,
         .key_pad = d->enc_ws.src_pad, .key_pad_stride = d->S, .scale = 1.0 / sqrt((double)m->dk),
     };
-    tfm_attention_forward(d->att, d->probs, NULL, d->qkv, d->cross_kv[l], d->cross_kv[l] + hk, &dims);
-    tfm_linear_forward(d->proj, d->att, w->out_w, w->out_b, B, hv, D);
+    m->be->attention_forward(d->att, d->probs, NULL, d->qkv, d->cross_kv[l], d->cross_kv[l] + hk, &dims);
+    m->be->linear_forward(d->proj, d->att, w->out_w, w->out_b, B, hv, D);
 }
 
 static void ffn_step(tfm_decoder *d, int l, const float *in) {
@@ -189,9 +189,9 @@ static void ffn_step(tfm_decoder *d, int l, const float *in) {
     const tfm_config *cfg = &m->cfg;
     const tfm_layer_weights *w = &m->w.dec[l];
     int D = cfg->d_model, F = cfg->d_ff, B = d->B;
-    tfm_linear_forward(d->ffn, in, w->ffn_w1, w->ffn_b1, B, D, F);
-    tfm_activation_forward(d->ffn, d->ffn, (size_t)B * F, (tfm_act_kind)cfg->activation);
-    tfm_linear_forward(d->proj, d->ffn, w->ffn_w2, w->ffn_b2, B, F, D);
+    m->be->linear_forward(d->ffn, in, w->ffn_w1, w->ffn_b1, B, D, F);
+    m->be->activation_forward(d->ffn, d->ffn, (size_t)B * F, (tfm_act_kind)cfg->activation);
+    m->be->linear_forward(d->proj, d->ffn, w->ffn_w2, w->ffn_b2, B, F, D);
 }
 
 tfm_status tfm_decoder_step(tfm_decoder *d, const int32_t *tokens) {
@@ -209,9 +209,9 @@ tfm_status tfm_decoder_step(tfm_decoder *d, const int32_t *tokens) {
         d->self_pad[(size_t)b * d->max_T + d->step] = tokens[b] == cfg->pad_id;
     }
     float scale = cfg->embed_scale ? sqrtf((float)D) : 1.0f;
-    tfm_embedding_forward(d->x, tokens, m->w.tgt_embed, B, D, scale);
-    if (cfg->positions == TFM_POS_SINUSOIDAL) tfm_positions_forward(d->x, m->pos_table, d->pos, B, D);
-    if (cfg->positions == TFM_POS_LEARNED) tfm_positions_forward(d->x, m->w.tgt_pos, d->pos, B, D);
+    m->be->embedding_forward(d->x, tokens, m->w.tgt_embed, B, D, scale);
+    if (cfg->positions == TFM_POS_SINUSOIDAL) m->be->positions_forward(d->x, m->pos_table, d->pos, B, D);
+    if (cfg->positions == TFM_POS_LEARNED) m->be->positions_forward(d->x, m->w.tgt_pos, d->pos, B, D);
     int has_enc = cfg->enc_layers > 0;
     for (int l = 0; l < cfg->dec_layers; l++) {
         const tfm_layer_weights *w = &m->w.dec[l];
@@ -226,10 +226,10 @@ tfm_status tfm_decoder_step(tfm_decoder *d, const int32_t *tokens) {
     }
     const float *top = d->x;
     if (cfg->norm == TFM_NORM_PRE) {
-        tfm_layernorm_forward(d->top, d->mean, d->rstd, d->x, m->w.dec_norm.w, m->w.dec_norm.b, B, D, cfg->ln_eps);
+        m->be->layernorm_forward(d->top, d->mean, d->rstd, d->x, m->w.dec_norm.w, m->w.dec_norm.b, B, D, cfg->ln_eps);
         top = d->top;
     }
-    tfm_linear_forward(d->logits, top, m->w.generator, NULL, B, D, cfg->tgt_vocab);
+    m->be->linear_forward(d->logits, top, m->w.generator, NULL, B, D, cfg->tgt_vocab);
     for (int b = 0; b < B; b++)
         if (tokens[b] != cfg->pad_id) d->pos[b]++;
     d->step++;

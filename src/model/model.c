@@ -17,7 +17,7 @@
 
 #include "core/rng.h"
 #include "core/status.h"
-#include "ops/ops.h"
+#include "backend/backend.h"
 
 /* ------------------------------------------------------------- model init */
 
@@ -48,6 +48,7 @@ tfm_status tfm_model_init(tfm_model *m, const tfm_config *cfg, uint64_t seed) {
     memset(m, 0, sizeof *m);
     TFM_TRY(tfm_config_validate(cfg));
     m->cfg = *cfg;
+    m->be = tfm_backend_cpu();
     m->dk = tfm_config_dk(cfg);
     m->dv = tfm_config_dv(cfg);
     m->qkv_dim = cfg->heads * (2 * m->dk + m->dv);
@@ -338,15 +339,15 @@ static void self_attn_forward(const tfm_model *m, tfm_workspace *ws, const stack
                               int layer, const tfm_attn_weights *w, tfm_layer_acts *a,
                               const float *x) {
     int D = m->cfg.d_model, H = m->cfg.heads;
-    tfm_linear_forward(a->qkv, x, w->in_w, w->in_b, c->N, D, m->qkv_dim);
+    m->be->linear_forward(a->qkv, x, w->in_w, w->in_b, c->N, D, m->qkv_dim);
     if (m->cfg.positions == TFM_POS_ROPE) {
-        tfm_rope(a->qkv, m->qkv_dim, c->pos, c->N, H, m->dk, m->cfg.rope_theta, 0);
-        tfm_rope(a->qkv + H * m->dk, m->qkv_dim, c->pos, c->N, H, m->dk, m->cfg.rope_theta, 0);
+        m->be->rope(a->qkv, m->qkv_dim, c->pos, c->N, H, m->dk, m->cfg.rope_theta, 0);
+        m->be->rope(a->qkv + H * m->dk, m->qkv_dim, c->pos, c->N, H, m->dk, m->cfg.rope_theta, 0);
     }
     tfm_attn_dims d = self_dims(m, c, layer);
-    tfm_attention_forward(a->att, a->probs, ws->dprobs, a->qkv, a->qkv + H * m->dk,
+    m->be->attention_forward(a->att, a->probs, ws->dprobs, a->qkv, a->qkv + H * m->dk,
                           a->qkv + 2 * H * m->dk, &d);
-    tfm_linear_forward(ws->proj, a->att, w->out_w, w->out_b, c->N, H * m->dv, D);
+    m->be->linear_forward(ws->proj, a->att, w->out_w, w->out_b, c->N, H * m->dv, D);
 }
 
 /* Cross-attention branch: queries from x, keys and values from the encoder
@@ -355,22 +356,22 @@ static void cross_attn_forward(const tfm_model *m, tfm_workspace *ws, const stac
                                int layer, const tfm_attn_weights *w, tfm_layer_acts *a,
                                const float *x) {
     int D = m->cfg.d_model, H = m->cfg.heads, qd = H * m->dk, kvd = H * (m->dk + m->dv);
-    tfm_linear_forward(a->cq, x, w->in_w, w->in_b, c->N, D, qd);
-    tfm_linear_forward(a->ckv, c->memory, w->in_w + (size_t)qd * D, w->in_b + qd, c->B * c->S, D, kvd);
+    m->be->linear_forward(a->cq, x, w->in_w, w->in_b, c->N, D, qd);
+    m->be->linear_forward(a->ckv, c->memory, w->in_w + (size_t)qd * D, w->in_b + qd, c->B * c->S, D, kvd);
     tfm_attn_dims d = cross_dims(m, c, layer);
-    tfm_attention_forward(a->catt, a->cprobs, ws->dprobs, a->cq, a->ckv, a->ckv + qd, &d);
-    tfm_linear_forward(ws->proj, a->catt, w->out_w, w->out_b, c->N, H * m->dv, D);
+    m->be->attention_forward(a->catt, a->cprobs, ws->dprobs, a->cq, a->ckv, a->ckv + qd, &d);
+    m->be->linear_forward(ws->proj, a->catt, w->out_w, w->out_b, c->N, H * m->dv, D);
 }
 
 static void ffn_forward(const tfm_model *m, tfm_workspace *ws, const stack_ctx *c, int layer,
                         const tfm_layer_weights *w, tfm_layer_acts *a, const float *x) {
     int D = m->cfg.d_model, F = m->cfg.d_ff;
     size_t n = (size_t)c->N * F;
-    tfm_linear_forward(a->ffn_h, x, w->ffn_w1, w->ffn_b1, c->N, D, F);
-    tfm_activation_forward(a->ffn_a, a->ffn_h, n, (tfm_act_kind)m->cfg.activation);
-    tfm_dropout(a->ffn_a, a->ffn_a, n, drop_p(c, m->cfg.act_dropout), c->seed,
+    m->be->linear_forward(a->ffn_h, x, w->ffn_w1, w->ffn_b1, c->N, D, F);
+    m->be->activation_forward(a->ffn_a, a->ffn_h, n, (tfm_act_kind)m->cfg.activation);
+    m->be->dropout(a->ffn_a, a->ffn_a, n, drop_p(c, m->cfg.act_dropout), c->seed,
                 stream_id(c, layer, SITE_FFN_ACT));
-    tfm_linear_forward(ws->proj, a->ffn_a, w->ffn_w2, w->ffn_b2, c->N, F, D);
+    m->be->linear_forward(ws->proj, a->ffn_a, w->ffn_w2, w->ffn_b2, c->N, F, D);
 }
 
 typedef enum { BLOCK_SELF, BLOCK_CROSS, BLOCK_FFN } block_kind;
@@ -385,7 +386,7 @@ static const float *block_forward(const tfm_model *m, tfm_workspace *ws, const s
     const tfm_norm_weights *nw = kind == BLOCK_SELF ? &w->norm_self : kind == BLOCK_CROSS ? &w->norm_cross : &w->norm_ffn;
     const float *in = x;
     if (pre) {
-        tfm_layernorm_forward(blk->ln, blk->mean, blk->rstd, x, nw->w, nw->b, c->N, D, m->cfg.ln_eps);
+        m->be->layernorm_forward(blk->ln, blk->mean, blk->rstd, x, nw->w, nw->b, c->N, D, m->cfg.ln_eps);
         in = blk->ln;
     }
     int site;
@@ -399,10 +400,10 @@ static const float *block_forward(const tfm_model *m, tfm_workspace *ws, const s
         ffn_forward(m, ws, c, layer, w, a, in);
         site = SITE_FFN_RES;
     }
-    tfm_residual_dropout(blk->res, x, ws->proj, (size_t)c->N * D, drop_p(c, m->cfg.dropout), c->seed,
+    m->be->residual_dropout(blk->res, x, ws->proj, (size_t)c->N * D, drop_p(c, m->cfg.dropout), c->seed,
                          stream_id(c, layer, site));
     if (!pre)
-        tfm_layernorm_forward(blk->ln, blk->mean, blk->rstd, blk->res, nw->w, nw->b, c->N, D, m->cfg.ln_eps);
+        m->be->layernorm_forward(blk->ln, blk->mean, blk->rstd, blk->res, nw->w, nw->b, c->N, D, m->cfg.ln_eps);
     return block_out(m, blk);
 }
 
@@ -411,10 +412,10 @@ static void embed_forward(const tfm_model *m, const stack_ctx *c, float *out, co
     const tfm_config *cfg = &m->cfg;
     int D = cfg->d_model;
     float scale = cfg->embed_scale ? sqrtf((float)D) : 1.0f;
-    tfm_embedding_forward(out, ids, table, c->N, D, scale);
-    if (cfg->positions == TFM_POS_SINUSOIDAL) tfm_positions_forward(out, m->pos_table, c->pos, c->N, D);
-    if (cfg->positions == TFM_POS_LEARNED) tfm_positions_forward(out, learned_pos, c->pos, c->N, D);
-    tfm_dropout(out, out, (size_t)c->N * D, drop_p(c, cfg->embed_dropout), c->seed,
+    m->be->embedding_forward(out, ids, table, c->N, D, scale);
+    if (cfg->positions == TFM_POS_SINUSOIDAL) m->be->positions_forward(out, m->pos_table, c->pos, c->N, D);
+    if (cfg->positions == TFM_POS_LEARNED) m->be->positions_forward(out, learned_pos, c->pos, c->N, D);
+    m->be->dropout(out, out, (size_t)c->N * D, drop_p(c, cfg->embed_dropout), c->seed,
                 stream_id(c, -1, SITE_EMBED));
 }
 
@@ -431,7 +432,7 @@ static void stack_forward(const tfm_model *m, tfm_workspace *ws, const stack_ctx
         x = block_forward(m, ws, c, l, &layers[l], a, BLOCK_FFN, x);
     }
     if (m->cfg.norm == TFM_NORM_PRE) {
-        tfm_layernorm_forward(s->final.ln, s->final.mean, s->final.rstd, x, final_norm->w,
+        m->be->layernorm_forward(s->final.ln, s->final.mean, s->final.rstd, x, final_norm->w,
                               final_norm->b, c->N, m->cfg.d_model, m->cfg.ln_eps);
         x = s->final.ln;
     }
@@ -484,11 +485,11 @@ tfm_status tfm_model_forward(const tfm_model *m, tfm_workspace *ws, const tfm_ba
     }
     const float *top = has_dec ? ws->dec.out : ws->enc.out;
     int N = b->B * (has_dec ? b->T : b->S);
-    tfm_linear_forward(ws->logits, top, m->w.generator, NULL, N, cfg->d_model, cfg->tgt_vocab);
+    m->be->linear_forward(ws->logits, top, m->w.generator, NULL, N, cfg->d_model, cfg->tgt_vocab);
     ws->loss_sum = 0;
     ws->n_tokens = 0;
     if (b->targets)
-        ws->loss_sum = tfm_xent_forward(ws->lse, ws->logits, b->targets, N, cfg->tgt_vocab,
+        ws->loss_sum = m->be->xent_forward(ws->lse, ws->logits, b->targets, N, cfg->tgt_vocab,
                                         cfg->pad_id, cfg->label_smoothing, &ws->n_tokens);
     return TFM_OK;
 }
@@ -501,30 +502,30 @@ static void self_attn_backward(const tfm_model *m, tfm_workspace *ws, const stac
                                int layer, const tfm_attn_weights *w, const tfm_attn_weights *gw,
                                const tfm_layer_acts *a, const float *x, float *din) {
     int D = m->cfg.d_model, H = m->cfg.heads, hk = H * m->dk;
-    tfm_linear_backward(ws->datt, gw->out_w, gw->out_b, ws->proj, a->att, w->out_w, c->N, H * m->dv, D, 0);
+    m->be->linear_backward(ws->datt, gw->out_w, gw->out_b, ws->proj, a->att, w->out_w, c->N, H * m->dv, D, 0);
     tfm_attn_dims d = self_dims(m, c, layer);
-    tfm_attention_backward(ws->dqkv, ws->dqkv + hk, ws->dqkv + 2 * hk, ws->dprobs, ws->datt,
+    m->be->attention_backward(ws->dqkv, ws->dqkv + hk, ws->dqkv + 2 * hk, ws->dprobs, ws->datt,
                            a->probs, a->qkv, a->qkv + hk, a->qkv + 2 * hk, &d);
     if (m->cfg.positions == TFM_POS_ROPE) {
-        tfm_rope(ws->dqkv, m->qkv_dim, c->pos, c->N, H, m->dk, m->cfg.rope_theta, 1);
-        tfm_rope(ws->dqkv + hk, m->qkv_dim, c->pos, c->N, H, m->dk, m->cfg.rope_theta, 1);
+        m->be->rope(ws->dqkv, m->qkv_dim, c->pos, c->N, H, m->dk, m->cfg.rope_theta, 1);
+        m->be->rope(ws->dqkv + hk, m->qkv_dim, c->pos, c->N, H, m->dk, m->cfg.rope_theta, 1);
     }
-    tfm_linear_backward(din, gw->in_w, gw->in_b, ws->dqkv, x, w->in_w, c->N, D, m->qkv_dim, 0);
+    m->be->linear_backward(din, gw->in_w, gw->in_b, ws->dqkv, x, w->in_w, c->N, D, m->qkv_dim, 0);
 }
 
 static void cross_attn_backward(const tfm_model *m, tfm_workspace *ws, const stack_ctx *c,
                                 int layer, const tfm_attn_weights *w, const tfm_attn_weights *gw,
                                 const tfm_layer_acts *a, const float *x, float *din) {
     int D = m->cfg.d_model, H = m->cfg.heads, qd = H * m->dk, kvd = H * (m->dk + m->dv);
-    tfm_linear_backward(ws->datt, gw->out_w, gw->out_b, ws->proj, a->catt, w->out_w, c->N, H * m->dv, D, 0);
+    m->be->linear_backward(ws->datt, gw->out_w, gw->out_b, ws->proj, a->catt, w->out_w, c->N, H * m->dv, D, 0);
     tfm_attn_dims d = cross_dims(m, c, layer);
     float *dq = ws->dqkv; /* [N, H*dk] */
-    tfm_attention_backward(dq, ws->dckv, ws->dckv + qd, ws->dprobs, ws->datt, a->cprobs, a->cq,
+    m->be->attention_backward(dq, ws->dckv, ws->dckv + qd, ws->dprobs, ws->datt, a->cprobs, a->cq,
                            a->ckv, a->ckv + qd, &d);
-    tfm_linear_backward(din, gw->in_w, gw->in_b, dq, x, w->in_w, c->N, D, qd, 0);
+    m->be->linear_backward(din, gw->in_w, gw->in_b, dq, x, w->in_w, c->N, D, qd, 0);
     /* Keys and values read the encoder output: its gradient accumulates over
      * every decoder layer. */
-    tfm_linear_backward(ws->dmem, gw->in_w + (size_t)qd * D, gw->in_b + qd, ws->dckv, c->memory,
+    m->be->linear_backward(ws->dmem, gw->in_w + (size_t)qd * D, gw->in_b + qd, ws->dckv, c->memory,
                         w->in_w + (size_t)qd * D, c->B * c->S, D, kvd, 1);
 }
 
@@ -533,11 +534,11 @@ static void ffn_backward(const tfm_model *m, tfm_workspace *ws, const stack_ctx 
                          const float *x, float *din) {
     int D = m->cfg.d_model, F = m->cfg.d_ff;
     size_t n = (size_t)c->N * F;
-    tfm_linear_backward(ws->dffn, gw->ffn_w2, gw->ffn_b2, ws->proj, a->ffn_a, w->ffn_w2, c->N, F, D, 0);
-    tfm_dropout(ws->dffn, ws->dffn, n, drop_p(c, m->cfg.act_dropout), c->seed,
+    m->be->linear_backward(ws->dffn, gw->ffn_w2, gw->ffn_b2, ws->proj, a->ffn_a, w->ffn_w2, c->N, F, D, 0);
+    m->be->dropout(ws->dffn, ws->dffn, n, drop_p(c, m->cfg.act_dropout), c->seed,
                 stream_id(c, layer, SITE_FFN_ACT));
-    tfm_activation_backward(ws->dffn, ws->dffn, a->ffn_h, n, (tfm_act_kind)m->cfg.activation);
-    tfm_linear_backward(din, gw->ffn_w1, gw->ffn_b1, ws->dffn, x, w->ffn_w1, c->N, D, F, 0);
+    m->be->activation_backward(ws->dffn, ws->dffn, a->ffn_h, n, (tfm_act_kind)m->cfg.activation);
+    m->be->linear_backward(din, gw->ffn_w1, gw->ffn_b1, ws->dffn, x, w->ffn_w1, c->N, D, F, 0);
 }
 
 /* Backward of one block: g is the gradient of the block output, x the block
@@ -556,10 +557,10 @@ static void block_backward(const tfm_model *m, tfm_workspace *ws, const stack_ct
     /* The gradient of the residual sum: post-LN runs it back through the norm. */
     const float *gres = g;
     if (!pre) {
-        tfm_layernorm_backward(ws->gtmp, gnw->w, gnw->b, g, blk->res, blk->mean, blk->rstd, nw->w, c->N, D, 0);
+        m->be->layernorm_backward(ws->gtmp, gnw->w, gnw->b, g, blk->res, blk->mean, blk->rstd, nw->w, c->N, D, 0);
         gres = ws->gtmp;
     }
-    tfm_dropout(ws->proj, gres, nd, drop_p(c, m->cfg.dropout), c->seed, stream_id(c, layer, site));
+    m->be->dropout(ws->proj, gres, nd, drop_p(c, m->cfg.dropout), c->seed, stream_id(c, layer, site));
 
     /* The branch reads x (post) or LN(x) (pre); its input gradient goes to dx
      * (post) or to gtmp, to be run back through the norm (pre). */
@@ -571,7 +572,7 @@ static void block_backward(const tfm_model *m, tfm_workspace *ws, const stack_ct
 
     if (pre) {
         memcpy(dx, g, nd * sizeof *dx);
-        tfm_layernorm_backward(dx, gnw->w, gnw->b, ws->gtmp, x, blk->mean, blk->rstd, nw->w, c->N, D, 1);
+        m->be->layernorm_backward(dx, gnw->w, gnw->b, ws->gtmp, x, blk->mean, blk->rstd, nw->w, c->N, D, 1);
     } else {
         for (size_t i = 0; i < nd; i++) dx[i] += ws->gtmp[i];
     }
@@ -588,7 +589,7 @@ static void stack_backward(const tfm_model *m, tfm_workspace *ws, const stack_ct
     float *g = ws->g0, *dx = ws->g1;
     if (pre) {
         const float *x = n_layers > 0 ? block_out(m, &s->layers[n_layers - 1].ffn) : s->embed;
-        tfm_layernorm_backward(dx, gfinal->w, gfinal->b, g, x, s->final.mean, s->final.rstd,
+        m->be->layernorm_backward(dx, gfinal->w, gfinal->b, g, x, s->final.mean, s->final.rstd,
                                final_norm->w, c->N, D, 0);
         float *t = g; g = dx; dx = t;
     }
@@ -608,10 +609,10 @@ static void stack_backward(const tfm_model *m, tfm_workspace *ws, const stack_ct
         t = g; g = dx; dx = t;
     }
     /* g is now the gradient of the embedding output. */
-    tfm_dropout(g, g, (size_t)c->N * D, drop_p(c, cfg->embed_dropout), c->seed, stream_id(c, -1, SITE_EMBED));
+    m->be->dropout(g, g, (size_t)c->N * D, drop_p(c, cfg->embed_dropout), c->seed, stream_id(c, -1, SITE_EMBED));
     float scale = cfg->embed_scale ? sqrtf((float)D) : 1.0f;
-    tfm_embedding_backward(gtable, g, ids, c->N, D, scale);
-    if (cfg->positions == TFM_POS_LEARNED) tfm_positions_backward(gpos, g, c->pos, c->N, D);
+    m->be->embedding_backward(gtable, g, ids, c->N, D, scale);
+    if (cfg->positions == TFM_POS_LEARNED) m->be->positions_backward(gpos, g, c->pos, c->N, D);
 }
 
 tfm_status tfm_model_backward(const tfm_model *m, tfm_workspace *ws, const tfm_batch *b,
@@ -624,9 +625,9 @@ tfm_status tfm_model_backward(const tfm_model *m, tfm_workspace *ws, const tfm_b
     int N = b->B * (has_dec ? b->T : b->S), D = cfg->d_model;
     const float *top = has_dec ? ws->dec.out : ws->enc.out;
 
-    tfm_xent_backward(ws->logits, ws->logits, ws->lse, b->targets, N, cfg->tgt_vocab, cfg->pad_id,
+    m->be->xent_backward(ws->logits, ws->logits, ws->lse, b->targets, N, cfg->tgt_vocab, cfg->pad_id,
                       cfg->label_smoothing, grad_scale);
-    tfm_linear_backward(ws->g0, grads->generator, NULL, ws->logits, top, m->w.generator, N, D,
+    m->be->linear_backward(ws->g0, grads->generator, NULL, ws->logits, top, m->w.generator, N, D,
                         cfg->tgt_vocab, 0);
     if (has_dec) {
         stack_ctx c = decoder_ctx(m, ws, ws->training, ws->seed);

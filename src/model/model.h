@@ -16,6 +16,7 @@
 
 #include <stdint.h>
 
+#include "backend/backend.h"
 #include "model/params.h"
 #include "transformer.h"
 
@@ -27,6 +28,7 @@ typedef struct tfm_model {
     float *params;             /* [layout.n_params] */
     tfm_weights w;             /* views into params */
     float *pos_table;          /* [P, D] sinusoidal positions, or NULL */
+    const tfm_backend *be;     /* where the ops run (the CPU reference ops) */
 } tfm_model;
 
 /* Validates cfg, allocates the parameters and initialises them from `seed`:
