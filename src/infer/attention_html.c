@@ -23,6 +23,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/atomic_file.h"
 #include "core/status.h"
 #include "core/utf8.h"
 
@@ -622,54 +623,16 @@ done:
     return st;
 }
 
-/* fsyncs the directory holding path so that the rename is durable; best
- * effort (some file systems refuse). */
-static void sync_parent_dir(const char *path) {
-    const char *slash = strrchr(path, '/');
-    char dir[4096];
-    if (!slash) {
-        snprintf(dir, sizeof dir, ".");
-    } else if (slash == path) {
-        snprintf(dir, sizeof dir, "/");
-    } else {
-        size_t n = (size_t)(slash - path);
-        if (n >= sizeof dir) return;
-        memcpy(dir, path, n);
-        dir[n] = '\0';
-    }
-    int fd = open(dir, O_RDONLY);
-    if (fd < 0) return;
-    (void)fsync(fd);
-    close(fd);
-}
-
 tfm_status tfm_attention_html_save(const tfm_model *m, const tfm_bpe *bpe, const int32_t *src, int S,
                                    const int32_t *tgt, int T, const tfm_attention_html_params *p,
                                    const char *path) {
     TFM_ASSERT(path != NULL);
-    size_t n = strlen(path) + 32;
-    char *tmp = malloc(n);
-    if (!tmp) return tfm_error(TFM_ERR_NOMEM, "%s: out of memory", path);
-    snprintf(tmp, n, "%s.tmp.%ld", path, (long)getpid());
-    FILE *f = fopen(tmp, "wb");
-    if (!f) {
-        tfm_status st = tfm_error(TFM_ERR_IO, "%s: cannot create %s: %s", path, tmp, strerror(errno));
-        free(tmp);
-        return st;
+    tfm_atomic_file af;
+    TFM_TRY(tfm_atomic_open(&af, path));
+    tfm_status st = tfm_attention_html_write(m, bpe, src, S, tgt, T, p, af.f);
+    if (st != TFM_OK) {
+        tfm_atomic_abort(&af);
+        return st == TFM_ERR_IO ? tfm_error(TFM_ERR_IO, "%s: write failed: %s", path, strerror(errno)) : st;
     }
-    tfm_status st = tfm_attention_html_write(m, bpe, src, S, tgt, T, p, f);
-    if (st == TFM_ERR_IO)
-        st = tfm_error(TFM_ERR_IO, "%s: writing %s failed: %s", path, tmp, strerror(errno));
-    else if (st == TFM_OK && (fflush(f) != 0 || fsync(fileno(f)) != 0))
-        st = tfm_error(TFM_ERR_IO, "%s: writing %s failed: %s", path, tmp, strerror(errno));
-    if (fclose(f) != 0 && st == TFM_OK)
-        st = tfm_error(TFM_ERR_IO, "%s: writing %s failed: %s", path, tmp, strerror(errno));
-    if (st == TFM_OK && rename(tmp, path) != 0)
-        st = tfm_error(TFM_ERR_IO, "%s: cannot rename %s into place: %s", path, tmp, strerror(errno));
-    if (st != TFM_OK)
-        remove(tmp);
-    else
-        sync_parent_dir(path);
-    free(tmp);
-    return st;
+    return tfm_atomic_commit(&af);
 }

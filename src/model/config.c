@@ -15,6 +15,7 @@
  * Numbers are parsed and printed in the "C" locale (cJSON, strtod, snprintf);
  * a program that switches LC_NUMERIC to another locale must switch it back.
  */
+#include "core/atomic_file.h"
 #include "core/status.h"
 
 #include <cjson/cJSON.h>
@@ -640,69 +641,18 @@ tfm_status tfm_config_load(tfm_config *cfg, const char *path) {
     return s;
 }
 
-/* fsyncs the directory holding path, so that a rename into it is durable.
- * Best effort: some file systems refuse fsync on a directory. */
-static void sync_parent_dir(const char *path) {
-    char dir[4096];
-    const char *slash = strrchr(path, '/');
-    if (slash == NULL) {
-        snprintf(dir, sizeof dir, ".");
-    } else if (slash == path) {
-        snprintf(dir, sizeof dir, "/");
-    } else {
-        size_t n = (size_t)(slash - path);
-        if (n >= sizeof dir) return;
-        memcpy(dir, path, n);
-        dir[n] = '\0';
-    }
-    int fd = open(dir, O_RDONLY);
-    if (fd < 0) return;
-    (void)fsync(fd);
-    close(fd);
-}
-
 tfm_status tfm_config_save(const tfm_config *cfg, const char *path) {
     TFM_ASSERT(cfg != NULL && path != NULL);
     char *json = tfm_config_to_json(cfg);
-    size_t plen = strlen(path);
-    char *tmp = malloc(plen + 5);
-    if (json == NULL || tmp == NULL) {
-        free(json);
-        free(tmp);
-        return tfm_error(TFM_ERR_NOMEM, "%s: out of memory", path);
+    if (json == NULL) return tfm_error(TFM_ERR_NOMEM, "%s: out of memory", path);
+    tfm_atomic_file af;
+    tfm_status s = tfm_atomic_open(&af, path);
+    if (s == TFM_OK) {
+        fputs(json, af.f);
+        fputc('\n', af.f);
+        s = tfm_atomic_commit(&af);
     }
-    memcpy(tmp, path, plen);
-    memcpy(tmp + plen, ".tmp", 5);
-
-    tfm_status s = TFM_OK;
-    FILE *f = fopen(tmp, "wb");
-    if (f == NULL) {
-        s = tfm_error(TFM_ERR_IO, "%s: cannot create %s: %s", path, tmp, strerror(errno));
-        goto done;
-    }
-    size_t n = strlen(json);
-    int ok = fwrite(json, 1, n, f) == n && fputc('\n', f) != EOF && fflush(f) == 0 &&
-             fsync(fileno(f)) == 0;
-    int write_errno = errno;
-    if (fclose(f) != 0 && ok) {
-        ok = 0;
-        write_errno = errno;
-    }
-    if (!ok) {
-        s = tfm_error(TFM_ERR_IO, "%s: writing %s failed: %s", path, tmp, strerror(write_errno));
-        remove(tmp);
-        goto done;
-    }
-    if (rename(tmp, path) != 0) {
-        s = tfm_error(TFM_ERR_IO, "%s: cannot rename %s into place: %s", path, tmp,
-                      strerror(errno));
-        remove(tmp);
-        goto done;
-    }
-    sync_parent_dir(path);
-done:
     free(json);
-    free(tmp);
     return s;
 }
 

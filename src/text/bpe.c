@@ -23,7 +23,9 @@
 #include <unistd.h>
 
 #include "core/rng.h"
+#include "core/atomic_file.h"
 #include "core/status.h"
+#include "core/u64map.h"
 #include "core/utf8.h"
 #include "text/unicode_tables.h"
 
@@ -36,65 +38,6 @@
 /* Texts up to this many bytes encode with scratch on the stack. */
 #define STACK_BYTES 256
 
-/* ------------------------------------------------------------ uint64 map */
-
-/* Open addressing, linear probing, power-of-two capacity, at most half full.
- * Keys are never UINT64_MAX (code points and pairs of ids < 2^31). */
-typedef struct u64map {
-    uint64_t *keys;
-    int32_t *vals;
-    size_t cap, n;
-} u64map;
-
-#define MAP_EMPTY UINT64_MAX
-
-static int32_t map_get(const u64map *m, uint64_t key) {
-    if (!m->cap) return -1;
-    size_t mask = m->cap - 1, i = (size_t)tfm_mix64(key) & mask;
-    while (m->keys[i] != MAP_EMPTY) {
-        if (m->keys[i] == key) return m->vals[i];
-        i = (i + 1) & mask;
-    }
-    return -1;
-}
-
-static tfm_status map_put(u64map *m, uint64_t key, int32_t val) {
-    if ((m->n + 1) * 2 > m->cap) {
-        size_t cap = m->cap ? m->cap * 2 : 64;
-        uint64_t *keys = malloc(cap * sizeof *keys);
-        int32_t *vals = malloc(cap * sizeof *vals);
-        if (!keys || !vals) {
-            free(keys);
-            free(vals);
-            return tfm_error(TFM_ERR_NOMEM, "bpe: out of memory growing a table to %zu", cap);
-        }
-        memset(keys, 0xFF, cap * sizeof *keys);
-        for (size_t j = 0; j < m->cap; j++) {
-            if (m->keys[j] == MAP_EMPTY) continue;
-            size_t i = (size_t)tfm_mix64(m->keys[j]) & (cap - 1);
-            while (keys[i] != MAP_EMPTY) i = (i + 1) & (cap - 1);
-            keys[i] = m->keys[j];
-            vals[i] = m->vals[j];
-        }
-        free(m->keys);
-        free(m->vals);
-        m->keys = keys;
-        m->vals = vals;
-        m->cap = cap;
-    }
-    size_t mask = m->cap - 1, i = (size_t)tfm_mix64(key) & mask;
-    while (m->keys[i] != MAP_EMPTY && m->keys[i] != key) i = (i + 1) & mask;
-    if (m->keys[i] == MAP_EMPTY) m->n++;
-    m->keys[i] = key;
-    m->vals[i] = val;
-    return TFM_OK;
-}
-
-static void map_free(u64map *m) {
-    free(m->keys);
-    free(m->vals);
-    memset(m, 0, sizeof *m);
-}
 
 /* ------------------------------------------------------------------ model */
 
@@ -112,11 +55,11 @@ struct tfm_bpe {
     int32_t nchars, chars_cap;
     int32_t meta_id;         /* the '▁' character, -1 until added */
     int32_t char_direct[CHAR_DIRECT]; /* code point -> id, -1 when absent */
-    u64map char_map;         /* code points >= CHAR_DIRECT -> id */
+    tfm_u64map char_map;         /* code points >= CHAR_DIRECT -> id */
 
     int32_t *merges;         /* [3 * nmerges]: left, right, result, by rank */
     int32_t nmerges, merges_cap;
-    u64map merge_map;        /* (left << 32 | right) -> rank */
+    tfm_u64map merge_map;        /* (left << 32 | right) -> rank */
 
     int32_t *slots;          /* [slots_cap] open addressing over normal piece ids, -1 empty */
     size_t slots_cap;
@@ -217,9 +160,9 @@ void tfm_bpe_free(tfm_bpe *b) {
     free(b->surf_len);
     free(b->pool);
     free(b->chars);
-    map_free(&b->char_map);
+    tfm_u64map_free(&b->char_map);
     free(b->merges);
-    map_free(&b->merge_map);
+    tfm_u64map_free(&b->merge_map);
     free(b->slots);
     free(b);
 }
@@ -253,7 +196,7 @@ tfm_status tfm_bpe_build_new(int version, tfm_bpe **out) {
 
 static int32_t char_id(const tfm_bpe *b, uint32_t cp) {
     if (cp < CHAR_DIRECT) return b->char_direct[cp];
-    return map_get(&b->char_map, cp);
+    return tfm_u64map_get(&b->char_map, cp);
 }
 
 tfm_status tfm_bpe_build_char(tfm_bpe *b, uint32_t cp, int32_t *id) {
@@ -278,7 +221,7 @@ tfm_status tfm_bpe_build_char(tfm_bpe *b, uint32_t cp, int32_t *id) {
     }
     b->chars[b->nchars++] = cp;
     if (cp < CHAR_DIRECT) b->char_direct[cp] = *id;
-    else TFM_TRY(map_put(&b->char_map, cp, *id));
+    else TFM_TRY(tfm_u64map_put(&b->char_map, cp, *id));
     if (is_meta) b->meta_id = *id;
     return slots_insert(b, *id);
 }
@@ -300,7 +243,7 @@ tfm_status tfm_bpe_build_merge(tfm_bpe *b, int32_t left, int32_t right, int32_t 
         right >= b->n)
         return tfm_error(TFM_ERR_INVALID, "bpe: merge of %d and %d: not pieces", left, right);
     uint64_t key = (uint64_t)left << 32 | (uint32_t)right;
-    if (map_get(&b->merge_map, key) >= 0)
+    if (tfm_u64map_get(&b->merge_map, key) >= 0)
         return tfm_error(TFM_ERR_INVALID, "bpe: merge '%s %s' listed twice", piece_str(b, left),
                          piece_str(b, right));
     size_t ll = b->piece_len[left], rl = b->piece_len[right];
@@ -340,7 +283,7 @@ tfm_status tfm_bpe_build_merge(tfm_bpe *b, int32_t left, int32_t right, int32_t 
         b->merges = m;
         b->merges_cap = cap;
     }
-    st = map_put(&b->merge_map, key, b->nmerges);
+    st = tfm_u64map_put(&b->merge_map, key, b->nmerges);
     if (st != TFM_OK) goto done;
     b->merges[3 * b->nmerges] = left;
     b->merges[3 * b->nmerges + 1] = right;
@@ -538,7 +481,7 @@ static void scratch_carve(scratch *s, void *mem, size_t len) {
 
 static inline void try_push(const tfm_bpe *b, const int32_t *sym, heap_ent *heap, size_t *nh,
                             int32_t left, int32_t right) {
-    int32_t rank = map_get(&b->merge_map, (uint64_t)sym[left] << 32 | (uint32_t)sym[right]);
+    int32_t rank = tfm_u64map_get(&b->merge_map, (uint64_t)sym[left] << 32 | (uint32_t)sym[right]);
     if (rank >= 0) heap_push(heap, nh, (heap_ent){rank, left});
 }
 
@@ -729,45 +672,20 @@ static int printable(uint32_t cp) {
 }
 
 tfm_status tfm_bpe_save(const tfm_bpe *b, const char *path) {
-    size_t plen = strlen(path);
-    char *tmp = malloc(plen + 5);
-    if (!tmp) return tfm_error(TFM_ERR_NOMEM, "bpe: out of memory");
-    memcpy(tmp, path, plen);
-    memcpy(tmp + plen, ".tmp", 5);
-    FILE *f = fopen(tmp, "wb");
-    if (!f) {
-        tfm_status st = tfm_error(TFM_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
-        free(tmp);
-        return st;
-    }
-    fprintf(f, "transformer.c bpe v%d\nvocab_size %d\nchars %d\n", b->version, b->n, b->nchars);
+    tfm_atomic_file af;
+    TFM_TRY(tfm_atomic_open(&af, path));
+    fprintf(af.f, "transformer.c bpe v%d\nvocab_size %d\nchars %d\n", b->version, b->n, b->nchars);
     for (int32_t i = 0; i < b->nchars; i++) {
         uint32_t cp = b->chars[i];
-        fprintf(f, "U+%04X", cp);
-        if (printable(cp)) fprintf(f, " %s", piece_str(b, TFM_BPE_FIRST_PIECE + i));
-        fputc('\n', f);
+        fprintf(af.f, "U+%04X", cp);
+        if (printable(cp)) fprintf(af.f, " %s", piece_str(b, TFM_BPE_FIRST_PIECE + i));
+        fputc('\n', af.f);
     }
-    fprintf(f, "merges %d\n", b->nmerges);
+    fprintf(af.f, "merges %d\n", b->nmerges);
     for (int32_t r = 0; r < b->nmerges; r++)
-        fprintf(f, "%s %s\n", piece_str(b, b->merges[3 * r]), piece_str(b, b->merges[3 * r + 1]));
-    fputs("end\n", f);
-    int failed = ferror(f) || fflush(f) != 0 || fsync(fileno(f)) != 0;
-    int err = errno;
-    if (fclose(f) != 0 && !failed) {
-        failed = 1;
-        err = errno;
-    }
-    if (!failed && rename(tmp, path) != 0) {
-        failed = 1;
-        err = errno;
-    }
-    tfm_status st = TFM_OK;
-    if (failed) {
-        remove(tmp);
-        st = tfm_error(TFM_ERR_IO, "%s: cannot write: %s", path, strerror(err));
-    }
-    free(tmp);
-    return st;
+        fprintf(af.f, "%s %s\n", piece_str(b, b->merges[3 * r]), piece_str(b, b->merges[3 * r + 1]));
+    fputs("end\n", af.f);
+    return tfm_atomic_commit(&af);
 }
 
 /* A cursor over the lines of a model file held in memory. */

@@ -36,69 +36,12 @@
 
 #include "core/rng.h"
 #include "core/status.h"
+#include "core/u64map.h"
 #include "core/utf8.h"
 #include "text/bpe.h"
 
 #define MAX_VOCAB (1 << 24)
 
-/* ------------------------------------------------------------ uint64 map */
-
-/* The same open-addressing map as bpe.c's, kept private to each file. */
-typedef struct u64map {
-    uint64_t *keys;
-    int32_t *vals;
-    size_t cap, n;
-} u64map;
-
-#define MAP_EMPTY UINT64_MAX
-
-static int32_t map_get(const u64map *m, uint64_t key) {
-    if (!m->cap) return -1;
-    size_t mask = m->cap - 1, i = (size_t)tfm_mix64(key) & mask;
-    while (m->keys[i] != MAP_EMPTY) {
-        if (m->keys[i] == key) return m->vals[i];
-        i = (i + 1) & mask;
-    }
-    return -1;
-}
-
-static tfm_status map_put(u64map *m, uint64_t key, int32_t val) {
-    if ((m->n + 1) * 2 > m->cap) {
-        size_t cap = m->cap ? m->cap * 2 : 1024;
-        uint64_t *keys = malloc(cap * sizeof *keys);
-        int32_t *vals = malloc(cap * sizeof *vals);
-        if (!keys || !vals) {
-            free(keys);
-            free(vals);
-            return tfm_error(TFM_ERR_NOMEM, "bpe learn: out of memory");
-        }
-        memset(keys, 0xFF, cap * sizeof *keys);
-        for (size_t j = 0; j < m->cap; j++) {
-            if (m->keys[j] == MAP_EMPTY) continue;
-            size_t i = (size_t)tfm_mix64(m->keys[j]) & (cap - 1);
-            while (keys[i] != MAP_EMPTY) i = (i + 1) & (cap - 1);
-            keys[i] = m->keys[j];
-            vals[i] = m->vals[j];
-        }
-        free(m->keys);
-        free(m->vals);
-        m->keys = keys;
-        m->vals = vals;
-        m->cap = cap;
-    }
-    size_t mask = m->cap - 1, i = (size_t)tfm_mix64(key) & mask;
-    while (m->keys[i] != MAP_EMPTY && m->keys[i] != key) i = (i + 1) & mask;
-    if (m->keys[i] == MAP_EMPTY) m->n++;
-    m->keys[i] = key;
-    m->vals[i] = val;
-    return TFM_OK;
-}
-
-static void map_free(u64map *m) {
-    free(m->keys);
-    free(m->vals);
-    memset(m, 0, sizeof *m);
-}
 
 /* Grows *arr (of elements of `size` bytes) to hold at least `need`. */
 static tfm_status grow(void **arr, size_t *cap, size_t need, size_t size) {
@@ -152,7 +95,7 @@ typedef struct trainer {
     int32_t *sym;               /* [ncps] symbol ids, word w at woff[w], wlen[w] long */
     pair *pairs;
     size_t npairs, pairs_cap;
-    u64map pair_map;            /* (a << 32 | b) -> index in pairs */
+    tfm_u64map pair_map;            /* (a << 32 | b) -> index in pairs */
     heap_ent *heap;
     size_t nheap, heap_cap;
     int32_t *touched;
@@ -172,7 +115,7 @@ static void trainer_free(trainer *t) {
     free(t->sym);
     for (size_t i = 0; i < t->npairs; i++) free(t->pairs[i].words);
     free(t->pairs);
-    map_free(&t->pair_map);
+    tfm_u64map_free(&t->pair_map);
     free(t->heap);
     free(t->touched);
 }
@@ -276,7 +219,7 @@ static int by_count_then_cp(const void *x, const void *y) {
 /* Adds the kept characters to the model and turns t->cps into symbol ids in
  * t->sym (-1 for a barrier). */
 static tfm_status choose_chars(trainer *t, tfm_bpe *model, int32_t *nkept, int32_t *nseen) {
-    u64map index = {0};
+    tfm_u64map index = {0};
     char_count *counts = NULL;
     size_t ncounts = 0, counts_cap = 0;
     int64_t meta = 0, total = 0;
@@ -291,10 +234,10 @@ static tfm_status choose_chars(trainer *t, tfm_bpe *model, int32_t *nkept, int32
                 continue;
             }
             if (c[i] == 0 || c[i] == 0x2581) continue; /* always bytes */
-            int32_t k = map_get(&index, c[i]);
+            int32_t k = tfm_u64map_get(&index, c[i]);
             if (k < 0) {
                 st = GROW(counts, counts_cap, ncounts + 1);
-                if (st == TFM_OK) st = map_put(&index, c[i], (int32_t)ncounts);
+                if (st == TFM_OK) st = tfm_u64map_put(&index, c[i], (int32_t)ncounts);
                 if (st != TFM_OK) break;
                 counts[ncounts++] = (char_count){c[i], 0};
                 k = (int32_t)ncounts - 1;
@@ -302,7 +245,7 @@ static tfm_status choose_chars(trainer *t, tfm_bpe *model, int32_t *nkept, int32
             counts[k].count += f;
         }
     }
-    map_free(&index);
+    tfm_u64map_free(&index);
     if (st != TFM_OK) {
         free(counts);
         return st;
@@ -383,11 +326,11 @@ static heap_ent heap_pop(trainer *t) {
 static tfm_status pair_add(trainer *t, int32_t a, int32_t b, int64_t delta, int32_t w) {
     if (a < 0 || b < 0) return TFM_OK; /* a barrier */
     uint64_t key = (uint64_t)a << 32 | (uint32_t)b;
-    int32_t k = map_get(&t->pair_map, key);
+    int32_t k = tfm_u64map_get(&t->pair_map, key);
     if (k < 0) {
         TFM_ASSERT(delta > 0);
         TFM_TRY(GROW(t->pairs, t->pairs_cap, t->npairs + 1));
-        TFM_TRY(map_put(&t->pair_map, key, (int32_t)t->npairs));
+        TFM_TRY(tfm_u64map_put(&t->pair_map, key, (int32_t)t->npairs));
         k = (int32_t)t->npairs++;
         t->pairs[k] = (pair){.a = a, .b = b};
     }

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/atomic_file.h"
 #include "core/status.h"
 
 static const char *TRAIN_HEADER = "step,epoch,loss,lr,grad_norm,tokens_per_s,elapsed_s\n";
@@ -41,25 +42,24 @@ tfm_status tfm_curves_append_valid(const char *dir, long step, long epoch, doubl
 
 /* Rewrites one CSV keeping the header and the rows whose step <= `step`. */
 static tfm_status truncate_file(const char *dir, const char *name, long step) {
-    char path[4096], tmp[4200];
+    char path[4096];
     snprintf(path, sizeof path, "%s/%s", dir, name);
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
     FILE *in = fopen(path, "r");
     if (!in) return TFM_OK;
-    FILE *out = fopen(tmp, "w");
-    if (!out) {
+    tfm_atomic_file af;
+    tfm_status st = tfm_atomic_open(&af, path);
+    if (st != TFM_OK) {
         fclose(in);
-        return tfm_error(TFM_ERR_IO, "%s: cannot write", tmp);
+        return st;
     }
     char line[1024];
     int first = 1;
     while (fgets(line, sizeof line, in)) {
-        if (first || atol(line) <= step) fputs(line, out);
+        if (first || atol(line) <= step) fputs(line, af.f);
         first = 0;
     }
     fclose(in);
-    if (fclose(out) != 0 || rename(tmp, path) != 0) return tfm_error(TFM_ERR_IO, "%s: cannot rewrite", path);
-    return TFM_OK;
+    return tfm_atomic_commit(&af);
 }
 
 tfm_status tfm_curves_truncate(const char *dir, long step) {
@@ -135,11 +135,15 @@ tfm_status tfm_curves_plot(const char *dir) {
     for (int i = 0; i < bleu.n; i++) b1 = fmax(b1, bleu.y[i]);
     y1 = ceil(y1);
     b1 = ceil(b1 / 10) * 10;
-    char path[4096], tmp[4200];
+    char path[4096];
     snprintf(path, sizeof path, "%s/curves.svg", dir);
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    if (!f) return tfm_error(TFM_ERR_IO, "%s: cannot write", tmp);
+    tfm_atomic_file af;
+    tfm_status st = tfm_atomic_open(&af, path);
+    if (st != TFM_OK) {
+        free(train.x); free(train.y); free(valid.x); free(valid.y); free(bleu.x); free(bleu.y);
+        return st;
+    }
+    FILE *f = af.f;
     double L = 60, T = 30, W = 640, H = 320;
     fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%g\" height=\"%g\" font-family=\"sans-serif\" "
                "font-size=\"11\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n", L + W + 60, T + H + 50);
@@ -159,6 +163,5 @@ tfm_status tfm_curves_plot(const char *dir) {
     polyline(f, &bleu, x0, x1, 0, b1, "#2a7", L, T, W, H);
     fprintf(f, "</svg>\n");
     free(train.x); free(train.y); free(valid.x); free(valid.y); free(bleu.x); free(bleu.y);
-    if (fclose(f) != 0 || rename(tmp, path) != 0) return tfm_error(TFM_ERR_IO, "%s: cannot write", path);
-    return TFM_OK;
+    return tfm_atomic_commit(&af);
 }
