@@ -805,6 +805,47 @@ void tfm_bleu_compute(const tfm_bleu_stats *s, const tfm_bleu_params *p, tfm_ble
     out->score = out->bp * exp(sum / eff_order);
 }
 
+static tfm_status chrf_segment(workspace *w, tfm_chrf_stats *st, const char *hyp,
+                               const char *const *refs, int nrefs, const tfm_chrf_params *p);
+
+/* Adds the statistics of every segment through `fn` (bleu_segment or
+ * chrf_segment behind a void* signature); errors name the segment. */
+typedef tfm_status (*segment_fn)(workspace *w, void *stats, const char *hyp, const char **refs, int nrefs,
+                                 const void *params);
+
+static tfm_status bleu_segment_any(workspace *w, void *stats, const char *hyp, const char **refs, int nrefs,
+                                   const void *params) {
+    return bleu_segment(w, stats, hyp, refs, nrefs, params);
+}
+
+static tfm_status chrf_segment_any(workspace *w, void *stats, const char *hyp, const char **refs, int nrefs,
+                                   const void *params) {
+    return chrf_segment(w, stats, hyp, refs, nrefs, params);
+}
+
+static tfm_status for_each_segment(const char *metric, segment_fn fn, void *stats, const void *params,
+                                   const char *const *hyps, const char *const *const *refs, int nrefs,
+                                   size_t nseg) {
+    workspace w = {0};
+    const char *local[64];
+    const char **seg = nrefs <= 64 ? local : malloc((size_t)nrefs * sizeof *seg);
+    if (!seg) return tfm_error(TFM_ERR_NOMEM, "%s: out of memory", metric);
+    tfm_status status = TFM_OK;
+    for (size_t i = 0; i < nseg; i++) {
+        for (int r = 0; r < nrefs; r++) seg[r] = refs[r][i];
+        status = fn(&w, stats, hyps[i], seg, nrefs, params);
+        if (status != TFM_OK) {
+            char msg[768];
+            snprintf(msg, sizeof msg, "%s", tfm_last_error());
+            tfm_error(status, "%s: segment %zu: %s", metric, i + 1, msg);
+            break;
+        }
+    }
+    ws_free(&w);
+    if (seg != local) free(seg);
+    return status;
+}
+
 tfm_status tfm_bleu_corpus(const char *const *hyps, const char *const *const *refs, int nrefs,
                            size_t nseg, const tfm_bleu_params *p, tfm_bleu_result *out) {
     TFM_ASSERT(p && out && nrefs >= 1 && (nseg == 0 || (hyps && refs)));
@@ -812,24 +853,7 @@ tfm_status tfm_bleu_corpus(const char *const *hyps, const char *const *const *re
     for (int r = 0; r < nrefs && nseg; r++) TFM_ASSERT(refs[r]);
     tfm_bleu_stats st;
     tfm_bleu_stats_init(&st);
-    workspace w = {0};
-    const char *local[64];
-    const char **seg = nrefs <= 64 ? local : malloc((size_t)nrefs * sizeof *seg);
-    if (!seg) return tfm_error(TFM_ERR_NOMEM, "bleu: out of memory");
-    tfm_status status = TFM_OK;
-    for (size_t i = 0; i < nseg; i++) {
-        for (int r = 0; r < nrefs; r++) seg[r] = refs[r][i];
-        status = bleu_segment(&w, &st, hyps[i], seg, nrefs, p);
-        if (status != TFM_OK) {
-            char msg[768];
-            snprintf(msg, sizeof msg, "%s", tfm_last_error());
-            tfm_error(status, "bleu: segment %zu: %s", i + 1, msg);
-            break;
-        }
-    }
-    ws_free(&w);
-    if (seg != local) free(seg);
-    if (status != TFM_OK) return status;
+    TFM_TRY(for_each_segment("bleu", bleu_segment_any, &st, p, hyps, refs, nrefs, nseg));
     if (st.nrefs == 0) st.nrefs = nrefs;
     tfm_bleu_compute(&st, p, out);
     return TFM_OK;
@@ -1120,24 +1144,7 @@ tfm_status tfm_chrf_corpus(const char *const *hyps, const char *const *const *re
     for (int r = 0; r < nrefs && nseg; r++) TFM_ASSERT(refs[r]);
     tfm_chrf_stats st;
     tfm_chrf_stats_init(&st, p);
-    workspace w = {0};
-    const char *local[64];
-    const char **seg = nrefs <= 64 ? local : malloc((size_t)nrefs * sizeof *seg);
-    if (!seg) return tfm_error(TFM_ERR_NOMEM, "chrf: out of memory");
-    tfm_status status = TFM_OK;
-    for (size_t i = 0; i < nseg; i++) {
-        for (int r = 0; r < nrefs; r++) seg[r] = refs[r][i];
-        status = chrf_segment(&w, &st, hyps[i], seg, nrefs, p);
-        if (status != TFM_OK) {
-            char msg[768];
-            snprintf(msg, sizeof msg, "%s", tfm_last_error());
-            tfm_error(status, "chrf: segment %zu: %s", i + 1, msg);
-            break;
-        }
-    }
-    ws_free(&w);
-    if (seg != local) free(seg);
-    if (status != TFM_OK) return status;
+    TFM_TRY(for_each_segment("chrf", chrf_segment_any, &st, p, hyps, refs, nrefs, nseg));
     if (st.nrefs == 0) st.nrefs = nrefs;
     out->stats = st;
     out->score = tfm_chrf_compute(&st, p);
