@@ -6,7 +6,16 @@
  * `model->be`, so another backend (the CUDA one) plugs in by filling the same
  * table with its kernels; `supports` lets a backend decline a configuration
  * (ggml's "supports op" query). The CPU backend is the reference ops
- * themselves. Pointers passed to a backend's ops are that backend's memory.
+ * themselves.
+ *
+ * Memory: every pointer an op receives is the backend's memory, from its
+ * `alloc` (parameters, gradients, moments, activations, token ids, masks,
+ * positions). The host moves data in and out with `upload` and `download`.
+ * `host_memory` says the backend's memory is ordinary host memory (the CPU
+ * backend), so callers may read it directly and skip a staging copy.
+ * Ops are queued in order on the backend's one stream; only `download`,
+ * `global_norm`, `xent_forward` (it returns the loss) and `sync` wait for
+ * the queued work.
  */
 #ifndef TFM_BACKEND_BACKEND_H
 #define TFM_BACKEND_BACKEND_H
@@ -21,6 +30,26 @@ typedef struct tfm_backend {
     const char *name;
     /* Whether this backend runs every op a model of this configuration needs. */
     int (*supports)(const tfm_config *cfg);
+    int host_memory;
+
+    /* ---- memory ---- */
+    /* `bytes` of zero-filled memory; NULL when out of memory. */
+    void *(*alloc)(size_t bytes);
+    void (*free)(void *p);                                          /* NULL is fine */
+    void (*upload)(void *dst, const void *src_host, size_t bytes);     /* host -> backend */
+    void (*download)(void *dst_host, const void *src, size_t bytes);   /* backend -> host */
+    void (*copy)(void *dst, const void *src, size_t bytes);            /* backend -> backend */
+    void (*zero)(void *dst, size_t bytes);
+    void (*sync)(void);                     /* waits for every queued op */
+
+    /* ---- flat buffers (optimizer, residual sums): src/ops/adam.c ---- */
+    float (*global_norm)(const float *x, size_t n);   /* sqrt(sum x^2); waits */
+    void (*scale)(float *x, size_t n, float s);      /* x *= s */
+    void (*add)(float *y, const float *x, size_t n); /* y += x */
+    void (*adam_update)(const tfm_adam_coefs *c, float *param, const float *grad, float *m, float *v,
+                        size_t n);
+
+    /* ---- ops: contracts in src/ops/ops_decl.h ---- */
     void (*gemm)(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                  const float *B, int ldb, float beta, float *C, int ldc);
     void (*linear_forward)(float *out, const float *in, const float *w, const float *b, int N, int n_in,
@@ -57,5 +86,10 @@ typedef struct tfm_backend {
 
 /* The reference CPU backend (src/ops). */
 const tfm_backend *tfm_backend_cpu(void);
+
+/* The CUDA backend (src/cuda), on the current device. NULL, with *why set to
+ * a reason ("built without CUDA", "no CUDA device", the CUDA error), when it
+ * cannot run here. Built only with TFM_CUDA=ON; otherwise always NULL. */
+const tfm_backend *tfm_backend_cuda(const char **why);
 
 #endif

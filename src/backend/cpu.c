@@ -1,6 +1,25 @@
 /* cpu.c: the CPU backend: the table filled with the reference ops. */
 #include "backend/backend.h"
 
+#include <stdlib.h>
+#include <string.h>
+
+static void *cpu_alloc(size_t bytes) {
+    /* 64-byte aligned for vector loads; zero-filled like the contract says. */
+    size_t rounded = (bytes + 63) & ~(size_t)63;
+    void *p = aligned_alloc(64, rounded ? rounded : 64);
+    if (p) memset(p, 0, rounded);
+    return p;
+}
+static void cpu_free(void *p) { free(p); }
+static void cpu_copy(void *dst, const void *src, size_t bytes) {
+    if (bytes) memmove(dst, src, bytes);
+}
+static void cpu_zero(void *dst, size_t bytes) {
+    if (bytes) memset(dst, 0, bytes);
+}
+static void cpu_sync(void) {}
+
 static int cpu_supports(const tfm_config *cfg) {
     (void)cfg;
     return 1;
@@ -9,6 +28,18 @@ static int cpu_supports(const tfm_config *cfg) {
 static const tfm_backend cpu_backend = {
     .name = "cpu",
     .supports = cpu_supports,
+    .host_memory = 1,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .upload = cpu_copy,
+    .download = cpu_copy,
+    .copy = cpu_copy,
+    .zero = cpu_zero,
+    .sync = cpu_sync,
+    .global_norm = tfm_global_norm,
+    .scale = tfm_scale,
+    .add = tfm_add,
+    .adam_update = tfm_adam_update,
     .gemm = tfm_gemm,
     .linear_forward = tfm_linear_forward,
     .linear_backward = tfm_linear_backward,

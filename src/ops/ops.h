@@ -35,6 +35,30 @@ typedef struct tfm_attn_dims {
     uint64_t seed, stream;    /* dropout randomness (core/rng.h) */
 } tfm_attn_dims;
 
+/* One Adam/AdamW update's scalars, rounded as PyTorch rounds them
+ * (src/train/optim.c prepares them; see optim.h for the formulas):
+ *   AdamW: w *= decay;  Adam: g += l2 * w
+ *   m = one_minus_beta1*g + beta1*m;  v = one_minus_beta2*g*g + beta2*v
+ *   w += neg_step * m / (sqrt(v) / bc2_sqrt + eps) */
+typedef struct tfm_adam_coefs {
+    float beta1, beta2, one_minus_beta1, one_minus_beta2, eps;
+    float neg_step;   /* -lr / (1 - beta1^step) */
+    float bc2_sqrt;   /* sqrt(1 - beta2^step) */
+    float decay;      /* AdamW: 1 - lr * weight_decay */
+    float l2;         /* Adam: weight_decay */
+    int adamw;
+} tfm_adam_coefs;
+
+/* Optimizer ops over a flat buffer x[n] (float only; src/ops/adam.c).
+ * tfm_global_norm: sqrt(sum x^2), accumulated in double in an order fixed by n.
+ * tfm_scale: x *= s.  tfm_add: y += x.
+ * tfm_adam_update: param, m, v updated in place from grad (no aliasing). */
+float tfm_global_norm(const float *x, size_t n);
+void tfm_scale(float *x, size_t n, float s);
+void tfm_add(float *y, const float *x, size_t n);
+void tfm_adam_update(const tfm_adam_coefs *c, float *param, const float *grad, float *m, float *v,
+                     size_t n);
+
 #ifdef TFM_OPS_F64
 #define TFM_OPS_H_WAS_F64
 #undef TFM_OPS_F64

@@ -39,6 +39,7 @@
 
 #include <stddef.h>
 
+#include "backend/backend.h"
 #include "transformer.h"
 
 typedef enum tfm_opt_kind {
@@ -100,6 +101,15 @@ void tfm_adam_step(const tfm_adam_params *p, float *param, const float *grad, fl
  * does not poison the moments; the caller decides whether to stop. */
 float tfm_optim_step(const tfm_adam_params *p, float *param, float *grad, float *m, float *v,
                      size_t n, long step, float lr);
+
+/* The scalars of one update (step 1-based, lr this step's rate), rounded as
+ * PyTorch rounds them; the loop is tfm_adam_update (src/ops) or a backend's. */
+tfm_adam_coefs tfm_adam_coefs_at(const tfm_adam_params *p, long step, float lr);
+
+/* tfm_optim_step on a backend's buffers (param, grad, m, v are its memory):
+ * the norm comes back to the host (one synchronisation), the rest stays there. */
+float tfm_optim_step_on(const tfm_backend *be, const tfm_adam_params *p, float *param, float *grad,
+                        float *m, float *v, size_t n, long step, float lr);
 
 /* The shortest decimal that rounds to x, as a double: 0.98f -> 0.98, 1e-3f ->
  * 0.001. PyTorch forms 1 - beta2, lr / bc1, gamma^e and friends in double from
