@@ -1,0 +1,106 @@
+/*
+ * adam.cu: the optimizer's flat-buffer ops on the GPU: the global L2 norm,
+ * scaling, y += x, and one Adam/AdamW update (src/ops/adam.c on the device).
+ *
+ *   x, y, param, grad, m, v [n]   (flat buffers laid out like the parameters)
+ *
+ * The Adam update rounds exactly as the CPU's default build does (no fused
+ * multiply-add: GCC in ISO C mode does not contract, and FP_FAST_FMAF is
+ * unset without -march): every product and sum here is an explicit
+ * round-to-nearest intrinsic, which nvcc never fuses, and sqrt and division
+ * are IEEE (no fast math). With TFM_NATIVE=ON the CPU fuses and the two then
+ * differ by an ulp.
+ *
+ * The norm accumulates in double in a fixed order (per-block partials, then
+ * one block over the partials): reproducible run to run, though not in the
+ * CPU's order, so it can differ from the CPU in the last bit of the float.
+ */
+#include "cuda/cuda_internal.cuh"
+
+/* Partials of the norm: at most this many blocks. */
+#define NORM_BLOCKS 1024
+
+__global__ void sum_squares_kernel(double *partial, const float *x, size_t n) {
+    __shared__ double sh[32];
+    double s = 0;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        s += (double)x[i] * x[i];
+    s = tfm_block_sum(s, sh);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+__global__ void sum_partials_kernel(double *out, const double *partial, int count) {
+    __shared__ double sh[32];
+    double s = 0;
+    for (int i = threadIdx.x; i < count; i += blockDim.x) s += partial[i];
+    s = tfm_block_sum(s, sh);
+    if (threadIdx.x == 0) *out = s;
+}
+
+/* sqrt(sum x^2) over x[n] (device), accumulated in double; waits for the result. */
+float tfm_cuda_global_norm(const float *x, size_t n) {
+    if (n == 0) return 0.0f;
+    unsigned blocks = tfm_cuda_blocks(n, TFM_CUDA_THREADS * 8);
+    if (blocks > NORM_BLOCKS) blocks = NORM_BLOCKS;
+    double *partial = (double *)tfm_cuda_scratch((NORM_BLOCKS + 1) * sizeof(double));
+    cudaStream_t st = tfm_cuda_stream();
+    sum_squares_kernel<<<blocks, TFM_CUDA_THREADS, 0, st>>>(partial, x, n);
+    TFM_CUDA_LAUNCHED();
+    sum_partials_kernel<<<1, TFM_CUDA_THREADS, 0, st>>>(partial + NORM_BLOCKS, partial, (int)blocks);
+    TFM_CUDA_LAUNCHED();
+    double total = 0;
+    TFM_CUDA_CHECK(cudaMemcpyAsync(&total, partial + NORM_BLOCKS, sizeof total, cudaMemcpyDeviceToHost, st));
+    TFM_CUDA_CHECK(cudaStreamSynchronize(st));
+    return (float)sqrt(total);
+}
+
+__global__ void scale_kernel(float *x, size_t n, float s) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        x[i] = x[i] * s;
+}
+
+/* x[n] *= s */
+void tfm_cuda_scale(float *x, size_t n, float s) {
+    if (n == 0) return;
+    scale_kernel<<<tfm_cuda_blocks(n, TFM_CUDA_THREADS), TFM_CUDA_THREADS, 0, tfm_cuda_stream()>>>(x, n, s);
+    TFM_CUDA_LAUNCHED();
+}
+
+__global__ void add_kernel(float *y, const float *x, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        y[i] += x[i];
+}
+
+/* y[n] += x[n] */
+void tfm_cuda_add(float *y, const float *x, size_t n) {
+    if (n == 0) return;
+    add_kernel<<<tfm_cuda_blocks(n, TFM_CUDA_THREADS), TFM_CUDA_THREADS, 0, tfm_cuda_stream()>>>(y, x, n);
+    TFM_CUDA_LAUNCHED();
+}
+
+/* madd(a, b, c) of adam.c without FP_FAST_FMAF: two roundings. */
+__device__ __forceinline__ float madd2(float a, float b, float c) { return __fadd_rn(__fmul_rn(a, b), c); }
+
+__global__ void adam_kernel(tfm_adam_coefs c, float *param, const float *grad, float *m, float *v, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float w = param[i], g = grad[i];
+        if (c.adamw) w = __fmul_rn(w, c.decay);
+        else if (c.l2 != 0.0f) g = madd2(c.l2, w, g);
+        float mi = madd2(c.one_minus_beta1, g, __fmul_rn(m[i], c.beta1));
+        float vi = madd2(__fmul_rn(c.one_minus_beta2, g), g, __fmul_rn(v[i], c.beta2));
+        float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), c.bc2_sqrt), c.eps);
+        param[i] = __fadd_rn(w, __fdiv_rn(__fmul_rn(c.neg_step, mi), denom));
+        m[i] = mi;
+        v[i] = vi;
+    }
+}
+
+/* One Adam/AdamW step over param, m, v [n] (device) from grad [n]; the
+ * coefficients as src/train/optim.c prepares them (ops.h). No aliasing. */
+void tfm_cuda_adam_update(const tfm_adam_coefs *c, float *param, const float *grad, float *m, float *v,
+                          size_t n) {
+    if (n == 0) return;
+    adam_kernel<<<tfm_cuda_blocks(n, TFM_CUDA_THREADS), TFM_CUDA_THREADS, 0, tfm_cuda_stream()>>>(*c, param, grad,
+                                                                                                   m, v, n);
+    TFM_CUDA_LAUNCHED();
+}

@@ -1,0 +1,214 @@
+/*
+ * cuda_internal.cuh: what the files of the CUDA backend share: error checking,
+ * the backend's one stream, its scratch memory, launch sizes, block
+ * reductions, the device port of the counter-based RNG, and the op entry
+ * points that backend.cu puts into the table.
+ *
+ * CUDA C++ (nvcc) only; nothing outside src/cuda includes it (named .cuh so
+ * that the install rule for the module headers, *.h, leaves it out). The table's
+ * functions have C++ linkage (only tfm_backend_cuda is extern "C"): C code
+ * reaches them through the table alone.
+ *
+ * Errors. A failing CUDA or cuBLASLt call inside an op is an environment
+ * error (lost device, out of memory in a library, a launch that cannot run)
+ * that the caller cannot recover from in the middle of a training step, and
+ * the table's ops return void: the check macros print the call, file, line
+ * and the library's error string, and abort. Only `alloc` (NULL when out of
+ * memory) and tfm_backend_cuda (NULL with a reason) report errors to the
+ * caller.
+ *
+ * Threads. The backend state (stream, cuBLASLt handle, plan cache, scratch)
+ * is process-global and not locked: call the table from one host thread at a
+ * time.
+ */
+#ifndef TFM_CUDA_INTERNAL_CUH
+#define TFM_CUDA_INTERNAL_CUH
+
+/* System and CUDA headers first: ops/real.h defines `real` as a macro. */
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+extern "C" {
+#include "backend/backend.h"
+}
+/* The ops headers leave `real` defined as float; CUDA code must not see it. */
+#undef real
+
+/* ------------------------------------------------------------------ errors */
+
+/* Prints "cuda: CALL failed at FILE:LINE: MSG" and aborts (see the header comment). */
+[[noreturn]] void tfm_cuda_fail(const char *call, const char *file, int line, const char *msg);
+
+#define TFM_CUDA_CHECK(call)                                                          \
+    do {                                                                              \
+        cudaError_t tfm_e_ = (call);                                                  \
+        if (tfm_e_ != cudaSuccess) tfm_cuda_fail(#call, __FILE__, __LINE__, cudaGetErrorString(tfm_e_)); \
+    } while (0)
+
+#define TFM_CUBLAS_CHECK(call)                                                        \
+    do {                                                                              \
+        cublasStatus_t tfm_s_ = (call);                                               \
+        if (tfm_s_ != CUBLAS_STATUS_SUCCESS)                                          \
+            tfm_cuda_fail(#call, __FILE__, __LINE__, cublasLtGetStatusString(tfm_s_)); \
+    } while (0)
+
+/* After every kernel launch: a bad configuration shows up here, not later. */
+#define TFM_CUDA_LAUNCHED() TFM_CUDA_CHECK(cudaGetLastError())
+
+/* Programmer errors (a broken op contract), as TFM_ASSERT does for C. */
+#define TFM_CUDA_ASSERT(cond)                                                         \
+    do {                                                                              \
+        if (!(cond)) tfm_cuda_fail("assertion " #cond, __FILE__, __LINE__, "contract violated"); \
+    } while (0)
+
+/* ------------------------------------------------------------- backend state */
+
+/* The one stream every op is queued on (backend.cu). */
+cudaStream_t tfm_cuda_stream(void);
+/* The cuBLASLt handle and its workspace (backend.cu). */
+cublasLtHandle_t tfm_cuda_lt(void);
+void *tfm_cuda_lt_workspace(size_t *bytes);
+/* Device scratch of at least `bytes`, for reductions that need a second pass
+ * (global_norm, xent_forward). Growing it synchronises the stream; the memory
+ * is shared, so its contents live only until the next op that uses it. */
+void *tfm_cuda_scratch(size_t bytes);
+
+/* ------------------------------------------------------------ launch sizes */
+
+#define TFM_CUDA_THREADS 256
+/* Blocks for a grid-stride loop over n elements: enough to fill the GPU,
+ * never more than the work. */
+static inline unsigned tfm_cuda_blocks(size_t n, unsigned threads) {
+    size_t b = (n + threads - 1) / threads;
+    if (b > 65536) b = 65536;
+    return b ? (unsigned)b : 1u;
+}
+
+/* ----------------------------------------------------------- reductions */
+
+__device__ __forceinline__ float tfm_warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ double tfm_warp_sum(double v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float tfm_warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* Sum (or max) over a block whose size is a multiple of 32 (at most 1024),
+ * returned to every thread. The combining order is fixed by the block size,
+ * so results are reproducible run to run. `sh` is 32 elements of shared memory. */
+template <typename T>
+__device__ T tfm_block_sum(T v, T *sh) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = tfm_warp_sum(v);
+    __syncthreads(); /* sh may still be read from a previous call */
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    T t = lane < nw ? sh[lane] : (T)0;
+    return tfm_warp_sum(t);
+}
+__device__ __forceinline__ float tfm_block_max(float v, float *sh) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = tfm_warp_max(v);
+    __syncthreads();
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    float t = lane < nw ? sh[lane] : -INFINITY;
+    return tfm_warp_max(t);
+}
+
+/* ------------------------------------------------------------------- RNG */
+
+/* core/rng.h on the device, with the same 64-bit arithmetic (wrapping
+ * multiplies and shifts), so that dropout masks match the CPU bit for bit:
+ * test_cuda_ops compares them. */
+__device__ __forceinline__ uint64_t tfm_cuda_mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+__device__ __forceinline__ uint64_t tfm_cuda_rng_u64(uint64_t seed, uint64_t stream, uint64_t index) {
+    uint64_t z = tfm_cuda_mix64(seed + 0x9e3779b97f4a7c15ULL * (stream + 1));
+    return tfm_cuda_mix64(z ^ (index * 0xd1b54a32d192ed03ULL + 0x8cb92ba72f3d8dd7ULL));
+}
+__device__ __forceinline__ float tfm_cuda_rng_uniform(uint64_t seed, uint64_t stream, uint64_t index) {
+    /* 24 bits to float is exact, and so is the power-of-two scale. */
+    return (float)(tfm_cuda_rng_u64(seed, stream, index) >> 40) * (1.0f / 16777216.0f);
+}
+
+/* -------------------------------------------------- strided batched GEMM */
+
+/* C_z[M,N] = alpha * op(A_z) op(B_z) + beta * C_z for z = b*H + h (z < B*H),
+ * where X_z = X + b*x_batch + h*x_head and op(X) transposes when tX is set;
+ * row-major with row strides lda/ldb/ldc. beta == 0 never reads C. The
+ * attention products (per batch and head, two strides each) run through it;
+ * gemm.cu also uses it when cuBLASLt has no algorithm for an odd alignment. */
+typedef struct tfm_cuda_bgemm_args {
+    int ta, tb, M, N, K, B, H;
+    float alpha, beta;
+    const float *A;
+    long lda, a_batch, a_head;
+    const float *Bm;
+    long ldb, b_batch, b_head;
+    float *C;
+    long ldc, c_batch, c_head;
+} tfm_cuda_bgemm_args;
+void tfm_cuda_bgemm(const tfm_cuda_bgemm_args *g);
+
+/* --------------------------------------------- the table's entry points */
+
+/* adam.cu */
+float tfm_cuda_global_norm(const float *x, size_t n);
+void tfm_cuda_scale(float *x, size_t n, float s);
+void tfm_cuda_add(float *y, const float *x, size_t n);
+void tfm_cuda_adam_update(const tfm_adam_coefs *c, float *param, const float *grad, float *m, float *v,
+                          size_t n);
+/* gemm.cu */
+void tfm_cuda_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+                   const float *B, int ldb, float beta, float *C, int ldc);
+void tfm_cuda_linear_forward(float *out, const float *in, const float *w, const float *b, int N, int n_in,
+                             int n_out);
+void tfm_cuda_linear_backward(float *din, float *dw, float *db, const float *dout, const float *in,
+                              const float *w, int N, int n_in, int n_out, int accumulate);
+/* embedding.cu */
+void tfm_cuda_embedding_forward(float *out, const int32_t *ids, const float *table, int N, int D, float scale);
+void tfm_cuda_embedding_backward(float *dtable, const float *dout, const int32_t *ids, int N, int D, float scale);
+void tfm_cuda_positions_forward(float *x, const float *table, const int32_t *pos, int N, int D);
+void tfm_cuda_positions_backward(float *dtable, const float *dx, const int32_t *pos, int N, int D);
+void tfm_cuda_rope(float *x, long row, const int32_t *pos, int N, int H, int dk, double theta, int inverse);
+/* layernorm.cu */
+void tfm_cuda_layernorm_forward(float *out, float *mean, float *rstd, const float *in, const float *w,
+                                const float *b, int N, int D, float eps);
+void tfm_cuda_layernorm_backward(float *din, float *dw, float *db, const float *dout, const float *in,
+                                 const float *mean, const float *rstd, const float *w, int N, int D,
+                                 int accumulate);
+/* elementwise.cu */
+void tfm_cuda_activation_forward(float *out, const float *in, size_t n, tfm_act_kind kind);
+void tfm_cuda_activation_backward(float *din, const float *dout, const float *in, size_t n, tfm_act_kind kind);
+void tfm_cuda_dropout(float *out, const float *in, size_t n, float p, uint64_t seed, uint64_t stream);
+void tfm_cuda_residual_dropout(float *out, const float *x, const float *y, size_t n, float p, uint64_t seed,
+                               uint64_t stream);
+/* attention.cu */
+void tfm_cuda_attention_forward(float *out, float *probs, float *scratch, const float *q, const float *k,
+                                const float *v, const tfm_attn_dims *d);
+void tfm_cuda_attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout,
+                                 const float *probs, const float *q, const float *k, const float *v,
+                                 const tfm_attn_dims *d);
+/* xent.cu */
+double tfm_cuda_xent_forward(float *lse, const float *logits, const int32_t *targets, int N, int V, int pad_id,
+                             float smoothing, long *count);
+void tfm_cuda_xent_backward(float *dlogits, const float *logits, const float *lse, const int32_t *targets,
+                            int N, int V, int pad_id, float smoothing, float scale);
+void tfm_cuda_log_softmax(float *out, const float *logits, int N, int V);
+
+#endif

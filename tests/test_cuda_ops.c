@@ -1,0 +1,764 @@
+/*
+ * test_cuda_ops.c: the GPU op harness: every entry of the CUDA backend's
+ * table against the CPU reference backend (tfm_backend_cpu), on random
+ * inputs of odd sizes (not multiples of 4 or 32).
+ *
+ * Method. Each case builds its inputs on the host, uploads them, runs the
+ * CUDA op, downloads, and runs the CPU op on the same host inputs. Outputs
+ * that an op writes (=) are poisoned with NaN before the CUDA run, on both
+ * sides, so an element the GPU leaves unwritten shows up as NaN; outputs that
+ * accumulate (+=) start from the same random values on both sides; gaps of
+ * strided buffers hold a finite sentinel that neither side may change.
+ *
+ * Tolerance (fp32): worst relative error max|gpu - cpu| / max|cpu| <= 1e-4
+ * per tensor (tfm_test_close; one line per op and tensor). The GPU sums in
+ * other orders than the CPU (blocked GEMMs, tree reductions, atomics in the
+ * embedding backward), so most tensors differ by rounding only, ~1e-7.
+ * Exact where the arithmetic is the same: dropout masks and dropped values
+ * (zero patterns and bits compared element by element), the Adam update (when
+ * the CPU build has no FMA), memory ops, token counts.
+ *
+ * Skips (exit 77) when the build has no CUDA backend or the machine no GPU.
+ * TFM_CUDA_OPS_TIME=1 also prints the time of a few ops at a training step's
+ * size (informational; see time_ops).
+ * It does not check gradients by finite differences (test_grad_ops.c does,
+ * for the CPU ops this compares with).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "backend/backend.h"
+#include "core/rng.h"
+#include "test_util.h"
+
+#define TOL 1e-4
+#define GAP 7.25f /* sentinel in the gaps of strided buffers */
+
+static const tfm_backend *G; /* CUDA */
+static const tfm_backend *C; /* CPU reference */
+static tfm_rng g_rng;
+
+/* ---------------------------------------------------------------- helpers */
+
+static void *xmalloc(size_t bytes) {
+    void *p = malloc(bytes ? bytes : 1);
+    if (!p) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+    return p;
+}
+
+static float urand(float lo, float hi) { return lo + (hi - lo) * tfm_rng_next_uniform(&g_rng); }
+
+static float *hrand(size_t n, float lo, float hi) {
+    float *x = xmalloc(n * sizeof *x);
+    for (size_t i = 0; i < n; i++) x[i] = urand(lo, hi);
+    return x;
+}
+
+static float *hfill(size_t n, float v) {
+    float *x = xmalloc(n * sizeof *x);
+    for (size_t i = 0; i < n; i++) x[i] = v;
+    return x;
+}
+
+static float *hnan(size_t n) { return hfill(n, NAN); }
+
+static float *hdup(const float *x, size_t n) {
+    float *y = xmalloc(n * sizeof *y);
+    memcpy(y, x, n * sizeof *y);
+    return y;
+}
+
+/* A device copy of host memory. */
+static void *dput(const void *host, size_t bytes) {
+    void *d = G->alloc(bytes);
+    if (!d) {
+        fprintf(stderr, "FAIL: cuda alloc of %zu bytes\n", bytes);
+        exit(1);
+    }
+    G->upload(d, host, bytes);
+    return d;
+}
+static float *dputf(const float *host, size_t n) { return dput(host, n * sizeof(float)); }
+
+static float *dget(const float *d, size_t n) {
+    float *h = xmalloc(n * sizeof *h);
+    G->download(h, d, n * sizeof *h);
+    return h;
+}
+
+/* Downloads the device tensor and compares it with the CPU result. */
+static void cmp(const char *name, const float *dev, const float *ref, size_t n) {
+    float *got = dget(dev, n);
+    tfm_test_close(name, got, ref, n, TOL);
+    free(got);
+}
+
+/* Exact agreement: the same zero pattern (which elements were dropped) and the
+ * same bits everywhere. */
+static void cmp_exact(const char *name, const float *dev, const float *ref, size_t n) {
+    float *got = dget(dev, n);
+    size_t zero_diff = 0, bit_diff = 0, zeros = 0;
+    for (size_t i = 0; i < n; i++) {
+        zeros += ref[i] == 0.0f;
+        zero_diff += (got[i] == 0.0f) != (ref[i] == 0.0f);
+        bit_diff += memcmp(&got[i], &ref[i], sizeof(float)) != 0;
+    }
+    printf("%-48s zero pattern: %zu of %zu differ (%zu zeros); bits: %zu differ\n", name, zero_diff, n, zeros,
+           bit_diff);
+    CHECK(zero_diff == 0 && bit_diff == 0, "%s: must match the CPU exactly", name);
+    free(got);
+}
+
+/* A [rows, cols] matrix with row stride ld >= cols: `inside` in the matrix
+ * (NaN poisons it, or random values), GAP between rows. */
+static float *hstrided(int rows, int cols, int ld, int poison) {
+    float *x = hfill((size_t)rows * ld, GAP);
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) x[(size_t)r * ld + c] = poison ? NAN : urand(-1, 1);
+    return x;
+}
+
+/* ----------------------------------------------------------------- memory */
+
+static void test_memory(void) {
+    size_t bytes = 1237;
+    unsigned char *z = G->alloc(bytes), host[1237];
+    CHECK(z != NULL, "alloc");
+    memset(host, 0xab, sizeof host);
+    G->download(host, z, bytes);
+    int zero = 1;
+    for (size_t i = 0; i < bytes; i++) zero &= host[i] == 0;
+    CHECK(zero, "alloc must return zero-filled memory");
+    void *empty = G->alloc(0);
+    CHECK(empty != NULL, "alloc(0) returns a pointer, as the CPU backend does");
+    G->free(empty);
+    G->free(NULL);
+
+    size_t n = 3001;
+    float *x = hrand(n, -1, 1), *y = hnan(n);
+    float *dx = dputf(x, n), *dy = G->alloc(n * sizeof(float));
+    G->copy(dy, dx, n * sizeof(float));
+    G->zero(dy + 10, 100 * sizeof(float));
+    G->sync();
+    G->download(y, dy, n * sizeof(float));
+    int ok = 1;
+    for (size_t i = 0; i < n; i++) ok &= (i >= 10 && i < 110) ? y[i] == 0.0f : y[i] == x[i];
+    CHECK(ok, "upload, copy, zero, download");
+    printf("%-48s %s\n", "memory: alloc zero-fill, upload, copy, zero", ok && zero ? "exact" : "FAIL");
+    G->free(z), G->free(dx), G->free(dy);
+    free(x), free(y);
+}
+
+/* ---------------------------------------------------- flat buffers, Adam */
+
+static void test_flat(void) {
+    size_t n = 1000003;
+    float *x = hrand(n, -1, 1), *y = hrand(n, -1, 1);
+    float *dx = dputf(x, n), *dy = dputf(y, n);
+
+    float ng = G->global_norm(dx, n), nc = C->global_norm(x, n);
+    tfm_test_close("global_norm", &ng, &nc, 1, TOL);
+    float n0 = G->global_norm(dx, 0);
+    CHECK(n0 == 0.0f, "global_norm of nothing is 0");
+
+    G->scale(dx, n, 0.37f), C->scale(x, n, 0.37f);
+    cmp("scale", dx, x, n);
+    G->add(dy, dx, n), C->add(y, x, n);
+    cmp("add", dy, y, n);
+    G->free(dx), G->free(dy);
+    free(x), free(y);
+
+    for (int adamw = 0; adamw < 2; adamw++) {
+        size_t m = 100003;
+        int step = 7;
+        float lr = 1e-3f, wd = 0.01f;
+        tfm_adam_coefs c = {0};
+        c.beta1 = 0.9f, c.beta2 = 0.98f, c.one_minus_beta1 = 1 - 0.9f, c.one_minus_beta2 = 1 - 0.98f, c.eps = 1e-9f;
+        c.neg_step = (float)(-lr / (1 - pow(0.9, step)));
+        c.bc2_sqrt = (float)sqrt(1 - pow(0.98, step));
+        c.adamw = adamw;
+        c.decay = adamw ? 1 - lr * wd : 1;
+        c.l2 = adamw ? 0 : wd;
+        float *p = hrand(m, -1, 1), *g = hrand(m, -0.1f, 0.1f), *mm = hrand(m, -0.01f, 0.01f);
+        float *v = hrand(m, 0, 1e-4f);
+        float *dp = dputf(p, m), *dg = dputf(g, m), *dm = dputf(mm, m), *dv = dputf(v, m);
+        G->adam_update(&c, dp, dg, dm, dv, m);
+        C->adam_update(&c, p, g, mm, v, m);
+        const char *tag = adamw ? "adamw" : "adam_l2";
+        char name[64];
+        snprintf(name, sizeof name, "%s param", tag), cmp(name, dp, p, m);
+        snprintf(name, sizeof name, "%s m", tag), cmp(name, dm, mm, m);
+        snprintf(name, sizeof name, "%s v", tag), cmp(name, dv, v, m);
+#ifndef FP_FAST_FMAF
+        /* Without hardware FMA in this build the CPU rounds every step, as the
+         * GPU kernel does: the update is then the same bit for bit. */
+        snprintf(name, sizeof name, "%s param (bits)", tag), cmp_exact(name, dp, p, m);
+        snprintf(name, sizeof name, "%s m (bits)", tag), cmp_exact(name, dm, mm, m);
+        snprintf(name, sizeof name, "%s v (bits)", tag), cmp_exact(name, dv, v, m);
+#endif
+        G->free(dp), G->free(dg), G->free(dm), G->free(dv);
+        free(p), free(g), free(mm), free(v);
+    }
+}
+
+/* ------------------------------------------------------------------ GEMM */
+
+/* C = alpha op(A) op(B) + beta C with row strides wider than the rows. With
+ * beta == 0, C starts as NaN (never read) with GAP between rows. */
+static void gemm_case(const char *name, int ta, int tb, int M, int N, int K, float alpha, float beta, int offset) {
+    int ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
+    int lda = ac + 3, ldb = bc + 5, ldc = N + 2;
+    /* `offset` floats in front: pointers only 4-byte aligned, as a head's slice of a buffer. */
+    size_t na = (size_t)ar * lda + offset, nb = (size_t)br * ldb + offset, nc = (size_t)(M > 0 ? M : 1) * ldc;
+    float *a = hrand(na, -1, 1), *b = hrand(nb, -1, 1);
+    float *c = beta == 0 ? hstrided(M, N, ldc, 1) : hstrided(M, N, ldc, 0);
+    float *da = dputf(a, na), *db = dputf(b, nb), *dc = dputf(c, nc);
+    G->gemm(ta, tb, M, N, K, alpha, da + offset, lda, db + offset, ldb, beta, dc, ldc);
+    C->gemm(ta, tb, M, N, K, alpha, a + offset, lda, b + offset, ldb, beta, c, ldc);
+    cmp(name, dc, c, nc);
+    G->free(da), G->free(db), G->free(dc);
+    free(a), free(b), free(c);
+}
+
+static void test_gemm(void) {
+    static const char *tn[2][2] = {{"gemm NN", "gemm NT"}, {"gemm TN", "gemm TT"}};
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            char name[64];
+            snprintf(name, sizeof name, "%s beta=0.3", tn[ta][tb]);
+            gemm_case(name, ta, tb, 37, 29, 43, 0.7f, 0.3f, 0);
+            snprintf(name, sizeof name, "%s beta=0 (C poisoned)", tn[ta][tb]);
+            gemm_case(name, ta, tb, 37, 29, 43, 1.3f, 0.0f, 0);
+            snprintf(name, sizeof name, "%s 4-byte aligned operands", tn[ta][tb]);
+            gemm_case(name, ta, tb, 21, 35, 17, 1.0f, 1.0f, 1);
+        }
+    gemm_case("gemm NT 301x257x509 beta=1", 0, 1, 301, 257, 509, 1.0f, 1.0f, 0);
+    gemm_case("gemm TN 257x301x509 beta=0", 1, 0, 257, 301, 509, 1.0f, 0.0f, 0);
+    gemm_case("gemm NN K=0 (C = beta C)", 0, 0, 13, 11, 0, 1.0f, 0.5f, 0);
+    gemm_case("gemm NN K=0 beta=0 (C = 0)", 0, 0, 13, 11, 0, 1.0f, 0.0f, 0);
+}
+
+/* ---------------------------------------------------------------- linear */
+
+static void test_linear(void) {
+    int N = 53, I = 45, O = 39;
+    float *in = hrand((size_t)N * I, -1, 1), *w = hrand((size_t)O * I, -0.5f, 0.5f), *b = hrand(O, -1, 1);
+    float *dout = hrand((size_t)N * O, -1, 1);
+    float *d_in = dputf(in, (size_t)N * I), *d_w = dputf(w, (size_t)O * I), *d_b = dputf(b, O);
+    float *ddout = dputf(dout, (size_t)N * O);
+
+    for (int bias = 0; bias < 2; bias++) {
+        float *out = hnan((size_t)N * O), *d_out = dputf(out, (size_t)N * O);
+        G->linear_forward(d_out, d_in, d_w, bias ? d_b : NULL, N, I, O);
+        C->linear_forward(out, in, w, bias ? b : NULL, N, I, O);
+        cmp(bias ? "linear_forward bias" : "linear_forward no bias", d_out, out, (size_t)N * O);
+        G->free(d_out), free(out);
+    }
+    /* accumulate 0/1 x bias or not x din or not */
+    for (int acc = 0; acc < 2; acc++)
+        for (int bias = 0; bias < 2; bias++)
+            for (int with_din = 0; with_din < 2; with_din++) {
+                if (!with_din && acc) continue;
+                float *din = acc ? hrand((size_t)N * I, -1, 1) : hnan((size_t)N * I);
+                float *dw = hrand((size_t)O * I, -1, 1), *db = hrand(O, -1, 1);
+                float *d_din = dputf(din, (size_t)N * I), *d_dw = dputf(dw, (size_t)O * I), *d_db = dputf(db, O);
+                G->linear_backward(with_din ? d_din : NULL, d_dw, bias ? d_db : NULL, ddout, d_in, d_w, N, I, O, acc);
+                C->linear_backward(with_din ? din : NULL, dw, bias ? db : NULL, dout, in, w, N, I, O, acc);
+                char tag[96], name[128];
+                snprintf(tag, sizeof tag, "linear_backward acc=%d %s%s", acc, bias ? "db" : "no-db",
+                         with_din ? "" : " no-din");
+                if (with_din) snprintf(name, sizeof name, "%s din", tag), cmp(name, d_din, din, (size_t)N * I);
+                snprintf(name, sizeof name, "%s dw", tag), cmp(name, d_dw, dw, (size_t)O * I);
+                snprintf(name, sizeof name, "%s db", tag), cmp(name, d_db, db, O); /* unchanged without bias */
+                G->free(d_din), G->free(d_dw), G->free(d_db);
+                free(din), free(dw), free(db);
+            }
+    G->free(d_in), G->free(d_w), G->free(d_b), G->free(ddout);
+    free(in), free(w), free(b), free(dout);
+}
+
+/* ------------------------------------------------- embeddings, positions */
+
+static int32_t *hids(int n, int hi) {
+    int32_t *x = xmalloc((size_t)n * sizeof *x);
+    for (int i = 0; i < n; i++) x[i] = (int32_t)(tfm_rng_next(&g_rng) % (uint64_t)hi);
+    return x;
+}
+
+static void test_embedding(void) {
+    int V = 47, D = 37, N = 61; /* N > V: ids repeat, so the backward adds rows into one */
+    float scale = 2.3f;
+    int32_t *ids = hids(N, V), *d_ids = dput(ids, (size_t)N * sizeof *ids);
+    float *table = hrand((size_t)V * D, -1, 1), *d_table = dputf(table, (size_t)V * D);
+    float *out = hnan((size_t)N * D), *d_out = dputf(out, (size_t)N * D);
+    G->embedding_forward(d_out, d_ids, d_table, N, D, scale);
+    C->embedding_forward(out, ids, table, N, D, scale);
+    cmp("embedding_forward", d_out, out, (size_t)N * D);
+    float *dout = hrand((size_t)N * D, -1, 1), *d_dout = dputf(dout, (size_t)N * D);
+    float *dt = hrand((size_t)V * D, -1, 1), *d_dt = dputf(dt, (size_t)V * D);
+    G->embedding_backward(d_dt, d_dout, d_ids, N, D, scale);
+    C->embedding_backward(dt, dout, ids, N, D, scale);
+    cmp("embedding_backward (+=)", d_dt, dt, (size_t)V * D);
+
+    int P = 41;
+    int32_t *pos = hids(N, P), *d_pos = dput(pos, (size_t)N * sizeof *pos);
+    float *pt = hrand((size_t)P * D, -1, 1), *d_pt = dputf(pt, (size_t)P * D);
+    float *x = hrand((size_t)N * D, -1, 1), *d_x = dputf(x, (size_t)N * D);
+    G->positions_forward(d_x, d_pt, d_pos, N, D);
+    C->positions_forward(x, pt, pos, N, D);
+    cmp("positions_forward (+=)", d_x, x, (size_t)N * D);
+    float *dpt = hrand((size_t)P * D, -1, 1), *d_dpt = dputf(dpt, (size_t)P * D);
+    G->positions_backward(d_dpt, d_dout, d_pos, N, D);
+    C->positions_backward(dpt, dout, pos, N, D);
+    cmp("positions_backward (+=)", d_dpt, dpt, (size_t)P * D);
+
+    /* Rope on the q and k heads of packed rows [q | k | v] plus a gap, as the model calls it. */
+    int R = 23, H = 3, dk = 18;
+    long row = 3L * H * dk + 5;
+    int32_t *rpos = hids(R, 500), *d_rpos = dput(rpos, (size_t)R * sizeof *rpos);
+    for (int inverse = 0; inverse < 2; inverse++) {
+        float *buf = hrand((size_t)R * row, -1, 1), *d_buf = dputf(buf, (size_t)R * row);
+        G->rope(d_buf, row, d_rpos, R, H, dk, 10000.0, inverse);
+        G->rope(d_buf + H * dk, row, d_rpos, R, H, dk, 10000.0, inverse);
+        C->rope(buf, row, rpos, R, H, dk, 10000.0, inverse);
+        C->rope(buf + H * dk, row, rpos, R, H, dk, 10000.0, inverse);
+        cmp(inverse ? "rope inverse (strided rows)" : "rope forward (strided rows)", d_buf, buf, (size_t)R * row);
+        G->free(d_buf), free(buf);
+    }
+    G->free(d_ids), G->free(d_table), G->free(d_out), G->free(d_dout), G->free(d_dt), G->free(d_pos);
+    G->free(d_pt), G->free(d_x), G->free(d_dpt), G->free(d_rpos);
+    free(ids), free(table), free(out), free(dout), free(dt), free(pos), free(pt), free(x), free(dpt), free(rpos);
+}
+
+/* -------------------------------------------------------------- LayerNorm */
+
+static void test_layernorm(void) {
+    int N = 57, D = 83;
+    size_t nd = (size_t)N * D;
+    float *in = hrand(nd, -1, 1);
+    for (size_t i = 0; i < nd; i++) in[i] += 3.0f; /* a large mean, as after a residual sum */
+    float *w = hrand(D, 0.5f, 1.5f), *b = hrand(D, -0.5f, 0.5f);
+    float *d_in = dputf(in, nd), *d_w = dputf(w, D), *d_b = dputf(b, D);
+    float *out = hnan(nd), *mean = hnan(N), *rstd = hnan(N);
+    float *d_out = dputf(out, nd), *d_mean = dputf(mean, N), *d_rstd = dputf(rstd, N);
+    G->layernorm_forward(d_out, d_mean, d_rstd, d_in, d_w, d_b, N, D, 1e-5f);
+    C->layernorm_forward(out, mean, rstd, in, w, b, N, D, 1e-5f);
+    cmp("layernorm_forward out", d_out, out, nd);
+    cmp("layernorm_forward mean", d_mean, mean, N);
+    cmp("layernorm_forward rstd", d_rstd, rstd, N);
+    float *dout = hrand(nd, -1, 1), *d_dout = dputf(dout, nd);
+    for (int acc = 0; acc < 2; acc++) {
+        float *din = acc ? hrand(nd, -1, 1) : hnan(nd), *dw = hrand(D, -1, 1), *db = hrand(D, -1, 1);
+        float *d_din = dputf(din, nd), *d_dw = dputf(dw, D), *d_db = dputf(db, D);
+        /* Both sides from the CPU's saved statistics, so only the backward is compared. */
+        float *d_m = dputf(mean, N), *d_r = dputf(rstd, N);
+        G->layernorm_backward(d_din, d_dw, d_db, d_dout, d_in, d_m, d_r, d_w, N, D, acc);
+        C->layernorm_backward(din, dw, db, dout, in, mean, rstd, w, N, D, acc);
+        char name[64];
+        snprintf(name, sizeof name, "layernorm_backward acc=%d din", acc), cmp(name, d_din, din, nd);
+        snprintf(name, sizeof name, "layernorm_backward acc=%d dw (+=)", acc), cmp(name, d_dw, dw, D);
+        snprintf(name, sizeof name, "layernorm_backward acc=%d db (+=)", acc), cmp(name, d_db, db, D);
+        G->free(d_din), G->free(d_dw), G->free(d_db), G->free(d_m), G->free(d_r);
+        free(din), free(dw), free(db);
+    }
+    G->free(d_in), G->free(d_w), G->free(d_b), G->free(d_out), G->free(d_mean), G->free(d_rstd), G->free(d_dout);
+    free(in), free(w), free(b), free(out), free(mean), free(rstd), free(dout);
+}
+
+/* ------------------------------------------------ activations and dropout */
+
+static void test_activation(void) {
+    size_t n = 10007;
+    float *in = hrand(n, -4, 4), *dout = hrand(n, -1, 1);
+    float *d_in = dputf(in, n), *d_dout = dputf(dout, n);
+    static const char *names[2] = {"relu", "gelu"};
+    for (int k = 0; k < 2; k++) {
+        tfm_act_kind kind = (tfm_act_kind)k;
+        char name[64];
+        float *out = hnan(n), *d_out = dputf(out, n);
+        G->activation_forward(d_out, d_in, n, kind);
+        C->activation_forward(out, in, n, kind);
+        snprintf(name, sizeof name, "%s forward", names[k]), cmp(name, d_out, out, n);
+        float *din = hnan(n), *d_din = dputf(din, n);
+        G->activation_backward(d_din, d_dout, d_in, n, kind);
+        C->activation_backward(din, dout, in, n, kind);
+        snprintf(name, sizeof name, "%s backward", names[k]), cmp(name, d_din, din, n);
+        /* in place: din aliases dout (both kinds), out aliases in (ReLU) */
+        float *d_g = dputf(dout, n);
+        G->activation_backward(d_g, d_g, d_in, n, kind);
+        snprintf(name, sizeof name, "%s backward in place", names[k]), cmp(name, d_g, din, n);
+        if (kind == TFM_OP_RELU) {
+            float *d_io = dputf(in, n);
+            G->activation_forward(d_io, d_io, n, kind);
+            cmp("relu forward in place", d_io, out, n);
+            G->free(d_io);
+        }
+        G->free(d_out), G->free(d_din), G->free(d_g);
+        free(out), free(din);
+    }
+    G->free(d_in), G->free(d_dout);
+    free(in), free(dout);
+}
+
+static void test_dropout(void) {
+    size_t n = 100003;
+    /* No zeros in the inputs, so a zero in the output means "dropped". */
+    float *x = hrand(n, 0.5f, 1.5f), *y = hrand(n, 0.5f, 1.5f);
+    float *d_x = dputf(x, n), *d_y = dputf(y, n);
+    const uint64_t seeds[2] = {1234567u, 0xfedcba9876543210ull}, streams[2] = {42u, (1ull << 40) + 3};
+    for (int s = 0; s < 2; s++) {
+        char name[96];
+        float *out = hnan(n), *d_out = dputf(out, n);
+        G->dropout(d_out, d_x, n, 0.3f, seeds[s], streams[s]);
+        C->dropout(out, x, n, 0.3f, seeds[s], streams[s]);
+        snprintf(name, sizeof name, "dropout p=0.3 (seed set %d)", s), cmp_exact(name, d_out, out, n);
+        float *d_io = dputf(x, n);
+        G->dropout(d_io, d_io, n, 0.3f, seeds[s], streams[s]);
+        snprintf(name, sizeof name, "dropout p=0.3 in place (seed set %d)", s), cmp_exact(name, d_io, out, n);
+        float *res = hdup(x, n), *d_res = dputf(x, n);
+        G->residual_dropout(d_res, d_res, d_y, n, 0.25f, seeds[s], streams[s]);
+        C->residual_dropout(res, res, y, n, 0.25f, seeds[s], streams[s]);
+        snprintf(name, sizeof name, "residual_dropout p=0.25 out=x (seed set %d)", s);
+        cmp_exact(name, d_res, res, n);
+        G->free(d_out), G->free(d_io), G->free(d_res);
+        free(out), free(res);
+    }
+    float *out = hnan(n), *d_out = dputf(out, n);
+    G->dropout(d_out, d_x, n, 0.0f, 1, 2);
+    C->dropout(out, x, n, 0.0f, 1, 2);
+    cmp_exact("dropout p=0 (copy)", d_out, out, n);
+    G->residual_dropout(d_out, d_x, d_y, n, 0.0f, 1, 2);
+    C->residual_dropout(out, x, y, n, 0.0f, 1, 2);
+    cmp_exact("residual_dropout p=0 (add)", d_out, out, n);
+    G->free(d_out), G->free(d_x), G->free(d_y);
+    free(out), free(x), free(y);
+}
+
+/* -------------------------------------------------------------- attention */
+
+typedef struct attn_case {
+    const char *name;
+    int B, H, Tq, Tk, dk, dv, causal, q_offset;
+    int pad;     /* 0 none; 1 random keys masked, and every key of the last batch row */
+    float dropout;
+} attn_case;
+
+/* Strided q/k/v/out: each row wider than H*d, each batch longer than T rows.
+ * Returns the element count; *row and *batch the strides. */
+static size_t attn_layout(int B, int T, int H, int d, long *row, long *batch) {
+    *row = (long)H * d + 3;
+    *batch = (long)T * *row + 5;
+    return (size_t)B * *batch;
+}
+
+/* A strided tensor: `poison` NaN or random values inside the heads, GAP elsewhere. */
+static float *attn_tensor(int B, int T, int H, int d, long row, long batch, size_t n, int poison) {
+    float *x = hfill(n, GAP);
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            for (int e = 0; e < H * d; e++) x[b * batch + t * row + e] = poison ? NAN : urand(-1.5f, 1.5f);
+    return x;
+}
+
+static void test_attention(const attn_case *ac) {
+    tfm_attn_dims d;
+    memset(&d, 0, sizeof d);
+    d.B = ac->B, d.H = ac->H, d.Tq = ac->Tq, d.Tk = ac->Tk, d.dk = ac->dk, d.dv = ac->dv;
+    d.causal = ac->causal, d.q_offset = ac->q_offset;
+    d.scale = 1.0 / sqrt((double)ac->dk);
+    d.dropout = ac->dropout, d.seed = 987654321u, d.stream = 17;
+    size_t nq = attn_layout(d.B, d.Tq, d.H, d.dk, &d.q_row, &d.q_batch);
+    size_t nk = attn_layout(d.B, d.Tk, d.H, d.dk, &d.k_row, &d.k_batch);
+    size_t nv = attn_layout(d.B, d.Tk, d.H, d.dv, &d.v_row, &d.v_batch);
+    size_t no = attn_layout(d.B, d.Tq, d.H, d.dv, &d.o_row, &d.o_batch);
+    size_t np = (size_t)d.B * d.H * d.Tq * d.Tk;
+
+    uint8_t *pad = NULL, *d_pad = NULL;
+    if (ac->pad) {
+        d.key_pad_stride = d.Tk + 2;
+        size_t npad = (size_t)d.B * d.key_pad_stride;
+        pad = xmalloc(npad);
+        for (size_t i = 0; i < npad; i++) pad[i] = tfm_rng_next_uniform(&g_rng) < 0.3f;
+        for (int j = 0; j < d.Tk; j++) pad[(size_t)(d.B - 1) * d.key_pad_stride + j] = 1; /* fully masked rows */
+        d_pad = dput(pad, npad);
+    }
+
+    float *q = attn_tensor(d.B, d.Tq, d.H, d.dk, d.q_row, d.q_batch, nq, 0);
+    float *k = attn_tensor(d.B, d.Tk, d.H, d.dk, d.k_row, d.k_batch, nk, 0);
+    float *v = attn_tensor(d.B, d.Tk, d.H, d.dv, d.v_row, d.v_batch, nv, 0);
+    float *dout = attn_tensor(d.B, d.Tq, d.H, d.dv, d.o_row, d.o_batch, no, 0);
+    float *out = attn_tensor(d.B, d.Tq, d.H, d.dv, d.o_row, d.o_batch, no, 1);
+    float *probs = hnan(np), *scratch = hnan(np);
+    float *d_q = dputf(q, nq), *d_k = dputf(k, nk), *d_v = dputf(v, nv), *d_dout = dputf(dout, no);
+    float *d_out = dputf(out, no), *d_probs = dputf(probs, np), *d_scratch = dputf(scratch, np);
+
+    /* Forward. Without dropout, scratch may be NULL (the decoder passes NULL). */
+    tfm_attn_dims dg = d;
+    dg.key_pad = d_pad;
+    d.key_pad = pad;
+    float *fs_g = d.dropout > 0 ? d_scratch : NULL, *fs_c = d.dropout > 0 ? scratch : NULL;
+    G->attention_forward(d_out, d_probs, fs_g, d_q, d_k, d_v, &dg);
+    C->attention_forward(out, probs, fs_c, q, k, v, &d);
+    char name[128];
+    snprintf(name, sizeof name, "attention %s out", ac->name), cmp(name, d_out, out, no);
+    snprintf(name, sizeof name, "attention %s probs", ac->name), cmp(name, d_probs, probs, np);
+    if (d.dropout > 0) {
+        /* The dropped-out probabilities: the same elements dropped as on the CPU. */
+        float *gs = dget(d_scratch, np);
+        size_t pattern = 0;
+        for (size_t i = 0; i < np; i++) pattern += (gs[i] == 0.0f) != (scratch[i] == 0.0f);
+        snprintf(name, sizeof name, "attention %s dropped probs", ac->name);
+        tfm_test_close(name, gs, scratch, np, TOL);
+        printf("%-48s zero pattern: %zu of %zu differ\n", name, pattern, np);
+        CHECK(pattern == 0, "%s: dropout mask differs from the CPU", name);
+        free(gs);
+    }
+    /* The GPU's own masking: masked keys exactly 0, fully masked rows give exact zeros. */
+    float *gp = dget(d_probs, np), *go = dget(d_out, no);
+    int exact = 1;
+    long masked_rows = 0;
+    for (int b = 0; b < d.B; b++)
+        for (int h = 0; h < d.H; h++)
+            for (int i = 0; i < d.Tq; i++) {
+                int live = 0;
+                for (int j = 0; j < d.Tk; j++) {
+                    int m = (d.causal && j > i + d.q_offset) || (pad && pad[(size_t)b * d.key_pad_stride + j]);
+                    if (m) exact &= gp[(((size_t)b * d.H + h) * d.Tq + i) * d.Tk + j] == 0.0f;
+                    live |= !m;
+                }
+                if (!live) {
+                    masked_rows++;
+                    for (int e = 0; e < d.dv; e++)
+                        exact &= go[b * d.o_batch + (long)i * d.o_row + h * d.dv + e] == 0.0f;
+                }
+            }
+    snprintf(name, sizeof name, "attention %s masking", ac->name);
+    printf("%-48s masked probs exactly 0, %ld fully masked rows all 0: %s\n", name, masked_rows,
+           exact ? "yes" : "NO");
+    CHECK(exact, "%s: masked probabilities or fully masked rows are not exactly 0", ac->name);
+    free(gp), free(go);
+
+    /* Backward from the CPU's probabilities on both sides. */
+    float *dq = attn_tensor(d.B, d.Tq, d.H, d.dk, d.q_row, d.q_batch, nq, 1);
+    float *dk = attn_tensor(d.B, d.Tk, d.H, d.dk, d.k_row, d.k_batch, nk, 1);
+    float *dv = attn_tensor(d.B, d.Tk, d.H, d.dv, d.v_row, d.v_batch, nv, 1);
+    float *bs = hnan(np);
+    float *d_dq = dputf(dq, nq), *d_dk = dputf(dk, nk), *d_dv = dputf(dv, nv), *d_bs = dputf(bs, np);
+    float *d_p = dputf(probs, np);
+    G->attention_backward(d_dq, d_dk, d_dv, d_bs, d_dout, d_p, d_q, d_k, d_v, &dg);
+    C->attention_backward(dq, dk, dv, bs, dout, probs, q, k, v, &d);
+    snprintf(name, sizeof name, "attention %s dq", ac->name), cmp(name, d_dq, dq, nq);
+    snprintf(name, sizeof name, "attention %s dk", ac->name), cmp(name, d_dk, dk, nk);
+    snprintf(name, sizeof name, "attention %s dv", ac->name), cmp(name, d_dv, dv, nv);
+
+    G->free(d_q), G->free(d_k), G->free(d_v), G->free(d_dout), G->free(d_out), G->free(d_probs);
+    G->free(d_scratch), G->free(d_dq), G->free(d_dk), G->free(d_dv), G->free(d_bs), G->free(d_p), G->free(d_pad);
+    free(q), free(k), free(v), free(dout), free(out), free(probs), free(scratch), free(dq), free(dk), free(dv);
+    free(bs), free(pad);
+}
+
+/* ------------------------------------------------- cross-entropy, softmax */
+
+static void test_xent(float smoothing) {
+    int N = 67, V = 1031, pad_id = 1;
+    size_t nv = (size_t)N * V;
+    float *logits = hrand(nv, -4, 4), *d_logits = dputf(logits, nv);
+    int32_t *t = hids(N, V);
+    for (int n = 0; n < N; n += 7) t[n] = pad_id; /* pad rows count nothing */
+    t[3] = 0, t[4] = V - 1;                        /* the first and last classes */
+    int32_t *d_t = dput(t, (size_t)N * sizeof *t);
+    float *lse = hnan(N), *d_lse = dputf(lse, N);
+    long cg = -1, cc = -1;
+    double lg = G->xent_forward(d_lse, d_logits, d_t, N, V, pad_id, smoothing, &cg);
+    double lc = C->xent_forward(lse, logits, t, N, V, pad_id, smoothing, &cc);
+    char name[96];
+    float lgf = (float)lg, lcf = (float)lc;
+    snprintf(name, sizeof name, "xent_forward eps=%.1f loss", smoothing), tfm_test_close(name, &lgf, &lcf, 1, TOL);
+    snprintf(name, sizeof name, "xent_forward eps=%.1f lse", smoothing), cmp(name, d_lse, lse, N);
+    CHECK(cg == cc, "xent count: cuda %ld, cpu %ld (pad rows must not count)", cg, cc);
+    printf("%-48s cuda %ld, cpu %ld\n", "xent_forward count", cg, cc);
+
+    float scale = 1.0f / (float)cc;
+    float *g = hnan(nv), *d_g = dputf(g, nv);
+    G->xent_backward(d_g, d_logits, d_lse, d_t, N, V, pad_id, smoothing, scale);
+    C->xent_backward(g, logits, lse, t, N, V, pad_id, smoothing, scale);
+    snprintf(name, sizeof name, "xent_backward eps=%.1f dlogits", smoothing), cmp(name, d_g, g, nv);
+    float *d_alias = dputf(logits, nv); /* dlogits may alias logits */
+    G->xent_backward(d_alias, d_alias, d_lse, d_t, N, V, pad_id, smoothing, scale);
+    snprintf(name, sizeof name, "xent_backward eps=%.1f in place", smoothing), cmp(name, d_alias, g, nv);
+
+    G->free(d_logits), G->free(d_t), G->free(d_lse), G->free(d_g), G->free(d_alias);
+    free(logits), free(t), free(lse), free(g);
+}
+
+static void test_log_softmax(void) {
+    int N = 29, V = 2053;
+    size_t nv = (size_t)N * V;
+    float *x = hrand(nv, -6, 6), *d_x = dputf(x, nv), *out = hnan(nv), *d_out = dputf(out, nv);
+    G->log_softmax(d_out, d_x, N, V);
+    C->log_softmax(out, x, N, V);
+    cmp("log_softmax", d_out, out, nv);
+    G->log_softmax(d_x, d_x, N, V);
+    cmp("log_softmax in place", d_x, out, nv);
+    G->free(d_x), G->free(d_out);
+    free(x), free(out);
+}
+
+/* ----------------------------------------------------------------- timing */
+
+/* With TFM_CUDA_OPS_TIME=1: the median time of a few ops at the size of one
+ * training step of the paper's base model (4096 tokens as 64 x 64, d_model
+ * 512, 8 heads, d_ff 2048, vocabulary 8000, 44M parameters), host clock
+ * around each call plus a sync, after warm-up: launch overheads included.
+ * Informational only: nothing is checked. */
+
+static struct {
+    int N, D, F, B, H, T, V;
+    size_t P;
+    float *x, *w, *y, *ln_w, *ln_b, *mean, *rstd, *q, *k, *v, *o, *probs, *scratch, *logits, *lse, *dq, *dk, *dv;
+    float *params, *grads, *m1, *m2;
+    int32_t *ids;
+    tfm_attn_dims d;
+    tfm_adam_coefs c;
+} T_;
+
+static void t_linear_fwd(void) { G->linear_forward(T_.y, T_.x, T_.w, T_.ln_b, T_.N, T_.D, T_.F); }
+static void t_linear_bwd(void) {
+    G->linear_backward(T_.dq, T_.w + (size_t)T_.F * T_.D, T_.ln_w, T_.y, T_.x, T_.w, T_.N, T_.D, T_.F, 0);
+}
+static void t_ln_fwd(void) { G->layernorm_forward(T_.y, T_.mean, T_.rstd, T_.x, T_.ln_w, T_.ln_b, T_.N, T_.D, 1e-5f); }
+static void t_attn_fwd(void) { G->attention_forward(T_.o, T_.probs, T_.scratch, T_.q, T_.k, T_.v, &T_.d); }
+static void t_attn_bwd(void) {
+    G->attention_backward(T_.dq, T_.dk, T_.dv, T_.scratch, T_.o, T_.probs, T_.q, T_.k, T_.v, &T_.d);
+}
+static void t_xent(void) {
+    long count;
+    (void)G->xent_forward(T_.lse, T_.logits, T_.ids, T_.N, T_.V, 0, 0.1f, &count);
+    G->xent_backward(T_.logits, T_.logits, T_.lse, T_.ids, T_.N, T_.V, 0, 0.1f, 1e-4f);
+}
+static void t_emb_bwd(void) { G->embedding_backward(T_.y, T_.x, T_.ids, T_.N, T_.D, 1.0f); }
+static void t_adam(void) { G->adam_update(&T_.c, T_.params, T_.grads, T_.m1, T_.m2, T_.P); }
+static void t_norm(void) { (void)G->global_norm(T_.grads, T_.P); }
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Prints the median of 21 timed calls; `work` is FLOPs (flops = 1) or bytes. */
+static void time_op(const char *name, void (*fn)(void), double work, int flops) {
+    double t[21];
+    for (int i = 0; i < 3; i++) fn();
+    G->sync();
+    for (int i = 0; i < 21; i++) {
+        double t0 = now_ms();
+        fn();
+        G->sync();
+        t[i] = now_ms() - t0;
+    }
+    qsort(t, 21, sizeof t[0], cmp_double);
+    printf("time %-40s %8.3f ms  %8.1f %s\n", name, t[10], work / (t[10] * 1e-3) / (flops ? 1e12 : 1e9),
+           flops ? "TFLOP/s" : "GB/s");
+}
+
+static float *dev_random(size_t n, float lo, float hi) {
+    float *h = hrand(n, lo, hi), *d = dputf(h, n);
+    free(h);
+    return d;
+}
+
+static void time_ops(void) {
+    T_.N = 4096, T_.D = 512, T_.F = 2048, T_.B = 64, T_.H = 8, T_.T = 64, T_.V = 8000, T_.P = 44000000;
+    size_t N = T_.N, D = T_.D, F = T_.F, V = T_.V, np = (size_t)T_.B * T_.H * T_.T * T_.T;
+    T_.x = dev_random(N * F, -1, 1), T_.y = dev_random(N * F, -1, 1), T_.w = dev_random(2 * F * D, -0.1f, 0.1f);
+    T_.ln_w = dev_random(F, 0.5f, 1.5f), T_.ln_b = dev_random(F, -0.5f, 0.5f);
+    T_.mean = dev_random(N, 0, 1), T_.rstd = dev_random(N, 0, 1);
+    T_.q = dev_random(N * D, -1, 1), T_.k = dev_random(N * D, -1, 1), T_.v = dev_random(N * D, -1, 1);
+    T_.o = dev_random(N * D, -1, 1), T_.dq = dev_random(N * D, -1, 1), T_.dk = dev_random(N * D, -1, 1);
+    T_.dv = dev_random(N * D, -1, 1), T_.probs = dev_random(np, 0, 1), T_.scratch = dev_random(np, 0, 1);
+    T_.logits = dev_random(N * V, -4, 4), T_.lse = dev_random(N, 0, 1);
+    T_.params = dev_random(T_.P, -1, 1), T_.grads = dev_random(T_.P, -1e-3f, 1e-3f);
+    T_.m1 = dev_random(T_.P, -1e-3f, 1e-3f), T_.m2 = dev_random(T_.P, 0, 1e-6f);
+    int32_t *ids = hids(T_.N, T_.V);
+    T_.ids = dput(ids, N * sizeof *ids);
+    free(ids);
+    tfm_attn_dims *d = &T_.d;
+    memset(d, 0, sizeof *d);
+    d->B = T_.B, d->H = T_.H, d->Tq = d->Tk = T_.T, d->dk = d->dv = (int)D / T_.H;
+    d->q_row = d->k_row = d->v_row = d->o_row = (long)D;
+    d->q_batch = d->k_batch = d->v_batch = d->o_batch = (long)T_.T * D;
+    d->causal = 1, d->scale = 1.0 / sqrt((double)d->dk), d->dropout = 0.1f, d->seed = 1, d->stream = 2;
+    T_.c.beta1 = 0.9f, T_.c.beta2 = 0.98f, T_.c.one_minus_beta1 = 0.1f, T_.c.one_minus_beta2 = 0.02f;
+    T_.c.eps = 1e-9f, T_.c.neg_step = -1e-4f, T_.c.bc2_sqrt = 0.5f, T_.c.decay = 1, T_.c.adamw = 0;
+
+    double attn_flops = 4.0 * T_.B * T_.H * T_.T * T_.T * d->dk; /* QK^T and PV */
+    printf("timing (median of 21; one step of a base model: 4096 tokens, d 512, d_ff 2048, V 8000):\n");
+    time_op("linear_forward 4096x512 -> 2048", t_linear_fwd, 2.0 * N * D * F, 1);
+    time_op("linear_backward (din, dw, db)", t_linear_bwd, 4.0 * N * D * F, 1);
+    time_op("layernorm_forward 4096x2048", t_ln_fwd, 2.0 * N * F * 4, 0);
+    time_op("attention_forward 64x8x64x64 causal dropout", t_attn_fwd, attn_flops, 1);
+    time_op("attention_backward", t_attn_bwd, 2 * attn_flops, 1);
+    time_op("xent fwd+bwd 4096x8000", t_xent, 4.0 * N * V * 4, 0);
+    time_op("embedding_backward 4096x512 (atomics)", t_emb_bwd, 3.0 * N * D * 4, 0);
+    time_op("adam_update 44M", t_adam, 7.0 * T_.P * 4, 0);
+    time_op("global_norm 44M", t_norm, 1.0 * T_.P * 4, 0);
+    float *all[] = {T_.x, T_.y, T_.w, T_.ln_w, T_.ln_b, T_.mean, T_.rstd, T_.q, T_.k, T_.v, T_.o, T_.dq, T_.dk,
+                    T_.dv, T_.probs, T_.scratch, T_.logits, T_.lse, T_.params, T_.grads, T_.m1, T_.m2};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) G->free(all[i]);
+    G->free(T_.ids);
+}
+
+int main(void) {
+    const char *why = NULL;
+    G = tfm_backend_cuda(&why);
+    if (!G) {
+        printf("cuda_ops: SKIP: %s\n", why ? why : "no CUDA backend");
+        return 77;
+    }
+    C = tfm_backend_cpu();
+    CHECK(G->host_memory == 0 && G->supports != NULL, "the CUDA table declares device memory");
+    tfm_config cfg;
+    tfm_config_default(&cfg);
+    CHECK(G->supports(&cfg), "the CUDA backend supports the default configuration");
+    tfm_rng_init(&g_rng, 20240917u, 3);
+    printf("cuda_ops: backend \"%s\" against \"%s\"; tolerance %.0e (max|cuda - cpu| / max|cpu|), dropout exact\n",
+           G->name, C->name, TOL);
+
+    test_memory();
+    test_flat();
+    test_gemm();
+    test_linear();
+    test_embedding();
+    test_layernorm();
+    test_activation();
+    test_dropout();
+    static const attn_case cases[] = {
+        {"plain", 2, 3, 19, 19, 22, 26, 0, 0, 0, 0.0f},
+        {"causal", 3, 2, 37, 37, 18, 14, 1, 0, 0, 0.0f},
+        {"causal q_offset (decode)", 2, 3, 5, 29, 22, 22, 1, 24, 0, 0.0f},
+        {"cross pad (Tq!=Tk)", 3, 2, 23, 31, 20, 18, 0, 0, 1, 0.0f},
+        {"causal q_offset<0 masked rows", 2, 2, 13, 11, 10, 6, 1, -3, 0, 0.0f},
+        {"dropout causal pad", 3, 3, 33, 33, 14, 22, 1, 0, 1, 0.2f},
+        {"dropout cross", 2, 2, 17, 41, 26, 10, 0, 0, 0, 0.15f},
+        {"large causal pad dropout", 4, 8, 97, 97, 64, 64, 1, 0, 1, 0.1f},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) test_attention(&cases[i]);
+    test_xent(0.0f);
+    test_xent(0.1f);
+    test_log_softmax();
+    if (atoi(tfm_test_env("TFM_CUDA_OPS_TIME", "0"))) time_ops();
+    return tfm_test_finish();
+}
