@@ -22,11 +22,12 @@ static void usage(FILE *out) {
             "  --temperature F      0 = greedy; > 0 samples from softmax(logits / F) (default 0)\n"
             "  --top-k N            sample among the N most likely tokens, 0 = all (default 0)\n"
             "  --seed N             sampling seed (default 1)\n"
-            "  --threads N          (default: all cores, or TFM_NUM_THREADS)\n");
+            "  --threads N          (default: all cores, or TFM_NUM_THREADS)\n"
+            "  --device cpu|cuda    where the model runs (default cpu; cuda needs a CUDA build)\n");
 }
 
 int cmd_generate(int argc, char **argv) {
-    const char *dir = NULL, *prompt = NULL;
+    const char *dir = NULL, *prompt = NULL, *device = "cpu";
     int max_new = 100, top_k = 0, threads = 0;
     float temperature = 0;
     long seed = 1;
@@ -42,6 +43,7 @@ int cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--top-k")) ok = tfm_cli_int(v, 0, 1 << 24, &top_k);
         else if (!strcmp(a, "--seed")) ok = tfm_cli_long(v, 0, 1L << 62, &seed);
         else if (!strcmp(a, "--threads")) ok = tfm_cli_int(v, 1, 4096, &threads);
+        else if (!strcmp(a, "--device")) device = v;
         else { fprintf(stderr, "transformer generate: unknown option %s\n", a); usage(stderr); return 2; }
         if (!ok) { fprintf(stderr, "transformer generate: %s: bad value '%s'\n", a, v); return 2; }
         i++;
@@ -58,8 +60,15 @@ int cmd_generate(int argc, char **argv) {
         return 1;
     }
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    if (tfm_checkpoint_load(&m, path, &step) != TFM_OK) {
+    const tfm_backend *be;
+    if (tfm_backend_select(device, &be) != TFM_OK || tfm_checkpoint_load(&m, path, &step) != TFM_OK) {
         fprintf(stderr, "transformer generate: %s\n", tfm_last_error());
+        tfm_bpe_free(bpe);
+        return 1;
+    }
+    if (tfm_model_to_backend(&m, be) != TFM_OK) {
+        fprintf(stderr, "transformer generate: %s\n", tfm_last_error());
+        tfm_model_free(&m);
         tfm_bpe_free(bpe);
         return 1;
     }

@@ -41,6 +41,13 @@ typedef struct tfm_backend {
     void (*copy)(void *dst, const void *src, size_t bytes);            /* backend -> backend */
     void (*zero)(void *dst, size_t bytes);
     void (*sync)(void);                     /* waits for every queued op */
+    /* Strided rows: for r < rows, dst[r*dst_row + i] = src[r*src_row + i], i < width
+     * (floats; the KV cache append). */
+    void (*copy_rows)(float *dst, long dst_row, const float *src, long src_row, size_t width, int rows);
+    /* Gather: for r < n, dst[r*row + i] = src[from[r]*row + i], i < width
+     * (floats; from[n] is backend memory; dst and src do not overlap; beam
+     * search reordering the KV cache). */
+    void (*gather_rows)(float *dst, const float *src, long row, size_t width, const int32_t *from, int n);
 
     /* ---- flat buffers (optimizer, residual sums): src/ops/adam.c ---- */
     float (*global_norm)(const float *x, size_t n);   /* sqrt(sum x^2); waits */
@@ -86,6 +93,15 @@ typedef struct tfm_backend {
 
 /* The reference CPU backend (src/ops). */
 const tfm_backend *tfm_backend_cpu(void);
+
+/* The backend called `name`: "cpu" (also for NULL) or "cuda". On failure
+ * TFM_ERR_INVALID with the reason ("device cuda: no CUDA device ..."). */
+tfm_status tfm_backend_select(const char *name, const tfm_backend **out);
+
+/* n floats of the backend's memory p, readable on the host: p itself on a
+ * host-memory backend (*owned = NULL), otherwise a downloaded copy in a new
+ * allocation the caller frees (*owned). NULL when out of memory. */
+const float *tfm_backend_host_floats(const tfm_backend *be, const float *p, size_t n, float **owned);
 
 /* The CUDA backend (src/cuda), on the current device. NULL, with *why set to
  * a reason ("built without CUDA", "no CUDA device", the CUDA error), when it

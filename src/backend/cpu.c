@@ -19,6 +19,12 @@ static void cpu_zero(void *dst, size_t bytes) {
     if (bytes) memset(dst, 0, bytes);
 }
 static void cpu_sync(void) {}
+static void cpu_copy_rows(float *dst, long dst_row, const float *src, long src_row, size_t width, int rows) {
+    for (int r = 0; r < rows; r++) memmove(dst + r * dst_row, src + r * src_row, width * sizeof *dst);
+}
+static void cpu_gather_rows(float *dst, const float *src, long row, size_t width, const int32_t *from, int n) {
+    for (int r = 0; r < n; r++) memcpy(dst + r * row, src + from[r] * row, width * sizeof *dst);
+}
 
 static int cpu_supports(const tfm_config *cfg) {
     (void)cfg;
@@ -36,6 +42,8 @@ static const tfm_backend cpu_backend = {
     .copy = cpu_copy,
     .zero = cpu_zero,
     .sync = cpu_sync,
+    .copy_rows = cpu_copy_rows,
+    .gather_rows = cpu_gather_rows,
     .global_norm = tfm_global_norm,
     .scale = tfm_scale,
     .add = tfm_add,

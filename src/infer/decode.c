@@ -6,6 +6,10 @@
  * self-attention over the cached keys/values plus the new ones,
  * cross-attention over the keys/values cached at start, the FFN, each wrapped
  * post-LN or pre-LN. Dropout never applies here.
+ *
+ * Caches and scratch live in the model's backend memory; the host keeps
+ * mirrors of the small per-row state (padding, positions) and uploads them
+ * each step, and reads each step's logits (downloaded from a device).
  */
 #include "infer/decode.h"
 
@@ -51,7 +55,10 @@ static void carve(carver *c, tfm_decoder *d) {
     d->ffn = take(c, B * cfg->d_ff);
     d->probs = take(c, B * H * L);
     d->top = take(c, B * D);
-    d->logits = take(c, B * cfg->tgt_vocab);
+    d->dev_logits = take(c, B * cfg->tgt_vocab);
+    size_t krow = T * H * m->dk, vrow = T * H * m->dv, crow = has_enc ? S * H * (m->dk + m->dv) : 0;
+    size_t longest = krow > vrow ? krow : vrow;
+    d->gather_tmp = take(c, B * (longest > crow ? longest : crow));
 }
 
 tfm_status tfm_decoder_init(tfm_decoder *d, const tfm_model *m, int max_B, int max_S, int max_T) {
@@ -72,18 +79,27 @@ tfm_status tfm_decoder_init(tfm_decoder *d, const tfm_model *m, int max_B, int m
     d->k_cache = calloc((size_t)cfg->dec_layers, sizeof *d->k_cache);
     d->v_cache = calloc((size_t)cfg->dec_layers, sizeof *d->v_cache);
     d->cross_kv = calloc((size_t)cfg->dec_layers, sizeof *d->cross_kv);
-    d->self_pad = calloc((size_t)max_B * max_T, 1);
-    d->pos = calloc((size_t)max_B, sizeof *d->pos);
+    const tfm_backend *be = m->be;
+    d->self_pad = be->alloc((size_t)max_B * max_T);
+    d->pos = be->alloc((size_t)max_B * sizeof *d->pos);
+    d->tokens = be->alloc((size_t)max_B * sizeof *d->tokens);
+    d->rows = be->alloc((size_t)max_B * sizeof *d->rows);
+    d->host_self_pad = calloc((size_t)max_B * max_T, 1);
+    d->host_src_pad = calloc((size_t)max_B * (d->max_S + 1), 1);
+    d->host_pos = calloc((size_t)max_B, sizeof *d->host_pos);
     carver count = {0};
     if (d->k_cache && d->v_cache && d->cross_kv) carve(&count, d);
-    d->mem = count.used ? malloc(count.used * sizeof(float)) : NULL;
-    if (!d->k_cache || !d->v_cache || !d->cross_kv || !d->self_pad || !d->pos || !d->mem) {
+    d->mem = count.used ? be->alloc(count.used * sizeof(float)) : NULL;
+    d->logits = be->host_memory ? NULL : malloc((size_t)max_B * cfg->tgt_vocab * sizeof *d->logits);
+    if (!d->k_cache || !d->v_cache || !d->cross_kv || !d->self_pad || !d->pos || !d->tokens || !d->rows ||
+        !d->host_self_pad || !d->host_src_pad || !d->host_pos || !d->mem || (!be->host_memory && !d->logits)) {
         tfm_decoder_free(d);
         return tfm_error(TFM_ERR_NOMEM, "decoder: out of memory for the KV cache of %d x %d x %d", max_B,
                          max_S, max_T);
     }
     carver fill = {.base = d->mem};
     carve(&fill, d);
+    if (be->host_memory) d->logits = d->dev_logits;
     return TFM_OK;
 }
 
@@ -92,9 +108,18 @@ void tfm_decoder_free(tfm_decoder *d) {
     free(d->k_cache);
     free(d->v_cache);
     free(d->cross_kv);
-    free(d->self_pad);
-    free(d->pos);
-    free(d->mem);
+    if (d->m) {
+        const tfm_backend *be = d->m->be;
+        be->free(d->self_pad);
+        be->free(d->pos);
+        be->free(d->tokens);
+        be->free(d->rows);
+        be->free(d->mem);
+        if (!be->host_memory) free(d->logits);
+    }
+    free(d->host_self_pad);
+    free(d->host_src_pad);
+    free(d->host_pos);
     memset(d, 0, sizeof *d);
 }
 
@@ -105,7 +130,7 @@ tfm_status tfm_decoder_start(tfm_decoder *d, const int32_t *src, int B, int S) {
         return tfm_error(TFM_ERR_INVALID, "decoder: %d rows do not fit the capacity %d", B, d->max_B);
     d->B = B;
     d->step = 0;
-    memset(d->pos, 0, (size_t)B * sizeof *d->pos);
+    memset(d->host_pos, 0, (size_t)B * sizeof *d->host_pos);
     if (cfg->enc_layers == 0) {
         d->S = 0;
         return TFM_OK;
@@ -115,6 +140,7 @@ tfm_status tfm_decoder_start(tfm_decoder *d, const int32_t *src, int B, int S) {
         return tfm_error(TFM_ERR_INVALID, "decoder: source length %d exceeds the capacity %d", S, d->max_S);
     TFM_TRY(tfm_model_encode(m, &d->enc_ws, src, B, S));
     d->S = S;
+    for (size_t i = 0; i < (size_t)B * S; i++) d->host_src_pad[i] = src[i] == cfg->pad_id;
     int D = cfg->d_model, qd = cfg->heads * m->dk, kvd = cfg->heads * (m->dk + m->dv);
     for (int l = 0; l < cfg->dec_layers; l++) {
         const tfm_attn_weights *w = &m->w.dec[l].cross_attn;
@@ -136,10 +162,10 @@ static const float *block_in(tfm_decoder *d, const tfm_norm_weights *nw, const f
 static void block_out(tfm_decoder *d, const tfm_norm_weights *nw, float *x) {
     const tfm_config *cfg = &d->m->cfg;
     size_t n = (size_t)d->B * cfg->d_model;
-    for (size_t i = 0; i < n; i++) x[i] += d->proj[i];
+    d->m->be->add(x, d->proj, n);
     if (cfg->norm == TFM_NORM_POST) {
         d->m->be->layernorm_forward(d->res, d->mean, d->rstd, x, nw->w, nw->b, d->B, cfg->d_model, cfg->ln_eps);
-        memcpy(x, d->res, n * sizeof *x);
+        d->m->be->copy(x, d->res, n * sizeof *x);
     }
 }
 
@@ -153,11 +179,9 @@ static void self_attn_step(tfm_decoder *d, int l, const float *in) {
         m->be->rope(d->qkv, m->qkv_dim, d->pos, B, H, m->dk, cfg->rope_theta, 0);
         m->be->rope(d->qkv + hk, m->qkv_dim, d->pos, B, H, m->dk, cfg->rope_theta, 0);
     }
-    for (int b = 0; b < B; b++) {
-        const float *row = d->qkv + (size_t)b * m->qkv_dim;
-        memcpy(d->k_cache[l] + ((size_t)b * T + d->step) * hk, row + hk, hk * sizeof(float));
-        memcpy(d->v_cache[l] + ((size_t)b * T + d->step) * hv, row + 2 * hk, hv * sizeof(float));
-    }
+    /* Append this step's keys and values: row b of qkv to position `step` of cache row b. */
+    m->be->copy_rows(d->k_cache[l] + (size_t)d->step * hk, (long)T * hk, d->qkv + hk, m->qkv_dim, hk, B);
+    m->be->copy_rows(d->v_cache[l] + (size_t)d->step * hv, (long)T * hv, d->qkv + 2 * hk, m->qkv_dim, hv, B);
     tfm_attn_dims dims = {
         .B = B, .H = H, .Tq = 1, .Tk = d->step + 1, .dk = m->dk, .dv = m->dv,
         .q_row = m->qkv_dim, .q_batch = m->qkv_dim, .k_row = hk, .k_batch = (long)T * hk,
@@ -204,12 +228,16 @@ tfm_status tfm_decoder_step(tfm_decoder *d, const int32_t *tokens) {
         if (tokens[b] < 0 || tokens[b] >= cfg->tgt_vocab)
             return tfm_error(TFM_ERR_INVALID, "decoder: token %d of row %d is outside the vocabulary [0, %d)",
                              tokens[b], b, cfg->tgt_vocab);
-        if (d->pos[b] >= cfg->max_positions)
+        if (d->host_pos[b] >= cfg->max_positions)
             return tfm_error(TFM_ERR_INVALID, "decoder: row %d reached max_positions %d", b, cfg->max_positions);
-        d->self_pad[(size_t)b * d->max_T + d->step] = tokens[b] == cfg->pad_id;
+        d->host_self_pad[(size_t)b * d->max_T + d->step] = tokens[b] == cfg->pad_id;
     }
+    const tfm_backend *be = m->be;
+    be->upload(d->tokens, tokens, (size_t)B * sizeof *tokens);
+    be->upload(d->pos, d->host_pos, (size_t)B * sizeof *d->pos);
+    be->upload(d->self_pad, d->host_self_pad, (size_t)B * d->max_T);
     float scale = cfg->embed_scale ? sqrtf((float)D) : 1.0f;
-    m->be->embedding_forward(d->x, tokens, m->w.tgt_embed, B, D, scale);
+    m->be->embedding_forward(d->x, d->tokens, m->w.tgt_embed, B, D, scale);
     if (cfg->positions == TFM_POS_SINUSOIDAL) m->be->positions_forward(d->x, m->pos_table, d->pos, B, D);
     if (cfg->positions == TFM_POS_LEARNED) m->be->positions_forward(d->x, m->w.tgt_pos, d->pos, B, D);
     int has_enc = cfg->enc_layers > 0;
@@ -229,18 +257,21 @@ tfm_status tfm_decoder_step(tfm_decoder *d, const int32_t *tokens) {
         m->be->layernorm_forward(d->top, d->mean, d->rstd, d->x, m->w.dec_norm.w, m->w.dec_norm.b, B, D, cfg->ln_eps);
         top = d->top;
     }
-    m->be->linear_forward(d->logits, top, m->w.generator, NULL, B, D, cfg->tgt_vocab);
+    m->be->linear_forward(d->dev_logits, top, m->w.generator, NULL, B, D, cfg->tgt_vocab);
+    if (!be->host_memory) be->download(d->logits, d->dev_logits, (size_t)B * cfg->tgt_vocab * sizeof *d->logits);
     for (int b = 0; b < B; b++)
-        if (tokens[b] != cfg->pad_id) d->pos[b]++;
+        if (tokens[b] != cfg->pad_id) d->host_pos[b]++;
     d->step++;
     return TFM_OK;
 }
 
-/* Gathers rows of a [max_B, row] array in place through a temporary copy;
- * only the first `used` floats of each row hold data. */
-static void gather_rows(float *a, size_t row, size_t used, const int *from, int n, float *tmp) {
-    for (int r = 0; r < n; r++) memcpy(tmp + (size_t)r * used, a + (size_t)from[r] * row, used * sizeof *a);
-    for (int r = 0; r < n; r++) memcpy(a + (size_t)r * row, tmp + (size_t)r * used, used * sizeof *a);
+/* Gathers rows of a backend [max_B, row] array in place through d->gather_tmp;
+ * only the first `used` floats of each row hold data; d->rows holds the sources. */
+static void gather_rows(tfm_decoder *d, float *a, size_t row, size_t used, int n) {
+    const tfm_backend *be = d->m->be;
+    if (used == 0) return;
+    be->gather_rows(d->gather_tmp, a, (long)row, used, d->rows, n);
+    be->copy_rows(a, (long)row, d->gather_tmp, (long)row, used, n);
 }
 
 tfm_status tfm_decoder_reorder(tfm_decoder *d, const int *from, int n_rows) {
@@ -251,41 +282,35 @@ tfm_status tfm_decoder_reorder(tfm_decoder *d, const int *from, int n_rows) {
     for (int r = 0; r < n_rows; r++)
         if (from[r] < 0 || from[r] >= d->B)
             return tfm_error(TFM_ERR_INVALID, "decoder: reorder source row %d outside [0, %d)", from[r], d->B);
-    int H = cfg->heads;
+    int H = cfg->heads, has_enc = cfg->enc_layers > 0;
     size_t krow = (size_t)d->max_T * H * m->dk, vrow = (size_t)d->max_T * H * m->dv;
     size_t crow = (size_t)d->S * H * (m->dk + m->dv); /* rows are S long (start) */
-    size_t biggest = krow > vrow ? krow : vrow;
-    if (crow > biggest) biggest = crow;
-    float *tmp = malloc((size_t)n_rows * biggest * sizeof *tmp);
-    uint8_t *pad = malloc((size_t)n_rows * d->max_T);
-    int32_t *pos = malloc((size_t)n_rows * sizeof *pos);
-    if (!tmp || !pad || !pos) {
-        free(tmp);
-        free(pad);
-        free(pos);
-        return tfm_error(TFM_ERR_NOMEM, "decoder: out of memory reordering the cache");
-    }
+    size_t host_bytes = (size_t)n_rows * (d->max_T + d->S + 1 + sizeof(int32_t) * 2);
+    uint8_t *host = malloc(host_bytes);
+    if (!host) return tfm_error(TFM_ERR_NOMEM, "decoder: out of memory reordering the cache");
+    int32_t *from32 = (int32_t *)host, *pos = from32 + n_rows;
+    uint8_t *pad = (uint8_t *)(pos + n_rows), *spad = pad + (size_t)n_rows * d->max_T;
+    for (int r = 0; r < n_rows; r++) from32[r] = from[r];
+    m->be->upload(d->rows, from32, (size_t)n_rows * sizeof *from32);
     for (int l = 0; l < cfg->dec_layers; l++) {
         /* Only the first `step` positions of a cache row are filled. */
-        gather_rows(d->k_cache[l], krow, (size_t)d->step * H * m->dk, from, n_rows, tmp);
-        gather_rows(d->v_cache[l], vrow, (size_t)d->step * H * m->dv, from, n_rows, tmp);
-        if (cfg->enc_layers > 0) gather_rows(d->cross_kv[l], crow, crow, from, n_rows, tmp);
+        gather_rows(d, d->k_cache[l], krow, (size_t)d->step * H * m->dk, n_rows);
+        gather_rows(d, d->v_cache[l], vrow, (size_t)d->step * H * m->dv, n_rows);
+        if (has_enc) gather_rows(d, d->cross_kv[l], crow, crow, n_rows);
     }
     for (int r = 0; r < n_rows; r++) {
-        memcpy(pad + (size_t)r * d->max_T, d->self_pad + (size_t)from[r] * d->max_T, d->max_T);
-        pos[r] = d->pos[from[r]];
+        memcpy(pad + (size_t)r * d->max_T, d->host_self_pad + (size_t)from[r] * d->max_T, d->max_T);
+        pos[r] = d->host_pos[from[r]];
+        if (has_enc) memcpy(spad + (size_t)r * d->S, d->host_src_pad + (size_t)from[r] * d->S, (size_t)d->S);
     }
-    memcpy(d->self_pad, pad, (size_t)n_rows * d->max_T);
-    memcpy(d->pos, pos, (size_t)n_rows * sizeof *pos);
-    if (cfg->enc_layers > 0) {
-        for (int r = 0; r < n_rows; r++)
-            memcpy(pad + (size_t)r * d->S, d->enc_ws.src_pad + (size_t)from[r] * d->S, (size_t)d->S);
-        memcpy(d->enc_ws.src_pad, pad, (size_t)n_rows * d->S);
+    memcpy(d->host_self_pad, pad, (size_t)n_rows * d->max_T);
+    memcpy(d->host_pos, pos, (size_t)n_rows * sizeof *pos);
+    if (has_enc) {
+        memcpy(d->host_src_pad, spad, (size_t)n_rows * d->S);
+        m->be->upload(d->enc_ws.src_pad, spad, (size_t)n_rows * d->S);
     }
     d->B = n_rows;
-    free(tmp);
-    free(pad);
-    free(pos);
+    free(host);
     return TFM_OK;
 }
 
@@ -440,7 +465,14 @@ tfm_status tfm_greedy_translate_uncached(const tfm_model *m, tfm_workspace *ws, 
         }
         tfm_batch batch = {.B = B, .S = S, .T = t + 1, .src = src, .tgt_in = prefix};
         if ((st = tfm_model_forward(m, ws, &batch, 0, 0)) != TFM_OK) break;
-        for (int b = 0; b < B; b++) next[b] = best_token(cfg, ws->logits + ((size_t)b * (t + 1) + t) * V);
+        float *owned;
+        const float *logits = tfm_backend_host_floats(m->be, ws->logits, (size_t)B * (t + 1) * V, &owned);
+        if (!logits) {
+            st = tfm_error(TFM_ERR_NOMEM, "greedy: out of memory");
+            break;
+        }
+        for (int b = 0; b < B; b++) next[b] = best_token(cfg, logits + ((size_t)b * (t + 1) + t) * V);
+        free(owned);
         if (!record(cfg, next, B, t, max_len, out, lengths, done)) break;
     }
     free(prefix);

@@ -27,14 +27,23 @@ typedef struct tfm_decoder {
     int B, S;                 /* rows and source length of the current run */
     int step;                 /* positions cached so far */
     tfm_workspace enc_ws;     /* the encoder's activations (encoder-decoder only) */
+    /* In the model's backend memory: */
     float **k_cache, **v_cache;  /* per layer [B, Tm, H*dk], [B, Tm, H*dv] */
     float **cross_kv;         /* per layer [B, S, H*(dk+dv)] */
     uint8_t *self_pad;        /* [B, Tm] 1 = cached position holds a pad token */
     int32_t *pos;             /* [B] position of each row's next token */
+    int32_t *tokens;          /* [B] this step's tokens */
+    int32_t *rows;            /* [B] reorder source rows */
     float *mem;               /* one allocation for caches and scratch */
+    float *gather_tmp;        /* [B, the longest cache row] for reordering */
     /* one step's scratch */
     float *x, *ln, *mean, *rstd, *res, *qkv, *att, *proj, *ffn, *probs, *top;
-    float *logits;            /* [B, V] the last step's logits */
+    float *dev_logits;        /* [B, V] the last step's logits */
+    /* On the host: */
+    float *logits;            /* [B, V] the last step's logits (dev_logits itself on the CPU) */
+    uint8_t *host_self_pad;   /* [B, Tm] mirror of self_pad */
+    uint8_t *host_src_pad;    /* [B, S] the source padding mask */
+    int32_t *host_pos;        /* [B] mirror of pos */
 } tfm_decoder;
 
 /* Sizes the caches for up to max_B rows, sources of max_S tokens (ignored for

@@ -7,7 +7,9 @@
  * encoder-decoder model, FFN), each wrapped the same way:
  *   post-LN (paper): out = LN(x + dropout(f(x)))
  *   pre-LN:          out = x + dropout(f(LN(x)))
- * Every op goes through src/ops (the reference CPU ops).
+ * Every op goes through the model's backend (m->be): the reference CPU ops,
+ * or a device backend whose memory holds the parameters and the workspace.
+ * The host prepares token ids, padding masks and positions and uploads them.
  */
 #include "model/model.h"
 
@@ -53,7 +55,7 @@ tfm_status tfm_model_init(tfm_model *m, const tfm_config *cfg, uint64_t seed) {
     m->dv = tfm_config_dv(cfg);
     m->qkv_dim = cfg->heads * (2 * m->dk + m->dv);
     TFM_TRY(tfm_layout_init(&m->layout, cfg));
-    m->params = calloc(m->layout.n_params, sizeof *m->params);
+    m->params = m->be->alloc(m->layout.n_params * sizeof *m->params);
     if (!m->params) {
         tfm_model_free(m);
         return tfm_error(TFM_ERR_NOMEM, "out of memory for %zu parameters", m->layout.n_params);
@@ -68,7 +70,7 @@ tfm_status tfm_model_init(tfm_model *m, const tfm_config *cfg, uint64_t seed) {
         if (t->tied_to < 0) init_tensor(m->params + t->offset, t, cfg->d_model, seed, i);
     }
     if (cfg->positions == TFM_POS_SINUSOIDAL) {
-        m->pos_table = malloc((size_t)cfg->max_positions * cfg->d_model * sizeof *m->pos_table);
+        m->pos_table = m->be->alloc((size_t)cfg->max_positions * cfg->d_model * sizeof *m->pos_table);
         if (!m->pos_table) {
             tfm_model_free(m);
             return tfm_error(TFM_ERR_NOMEM, "out of memory for the position table");
@@ -81,9 +83,56 @@ tfm_status tfm_model_init(tfm_model *m, const tfm_config *cfg, uint64_t seed) {
 void tfm_model_free(tfm_model *m) {
     tfm_weights_free(&m->w);
     tfm_layout_free(&m->layout);
-    free(m->params);
-    free(m->pos_table);
+    if (m->be) {
+        m->be->free(m->params);
+        m->be->free(m->pos_table);
+    }
     memset(m, 0, sizeof *m);
+}
+
+/* A copy of n floats of `from`'s memory in `to`'s memory; NULL when out of memory. */
+static float *move_floats(const tfm_backend *from, const tfm_backend *to, const float *p, size_t n) {
+    float *owned, *dst = to->alloc(n * sizeof *dst);
+    const float *host = dst ? tfm_backend_host_floats(from, p, n, &owned) : NULL;
+    if (!host) {
+        if (dst) to->free(dst);
+        return NULL;
+    }
+    to->upload(dst, host, n * sizeof *dst);
+    free(owned);
+    return dst;
+}
+
+tfm_status tfm_model_to_backend(tfm_model *m, const tfm_backend *be) {
+    if (be == m->be) return TFM_OK;
+    size_t np = m->layout.n_params, npos = (size_t)m->cfg.max_positions * m->cfg.d_model;
+    float *params = move_floats(m->be, be, m->params, np);
+    float *pos = params && m->pos_table ? move_floats(m->be, be, m->pos_table, npos) : NULL;
+    tfm_weights w;
+    tfm_status st = !params || (m->pos_table && !pos)
+                        ? tfm_error(TFM_ERR_NOMEM, "out of %s memory for %zu parameters", be->name, np)
+                        : tfm_weights_bind(&w, &m->cfg, params);
+    if (st != TFM_OK) {
+        if (params) be->free(params);
+        if (pos) be->free(pos);
+        return st;
+    }
+    tfm_weights_free(&m->w);
+    m->be->free(m->params);
+    m->be->free(m->pos_table);
+    m->w = w;
+    m->params = params;
+    m->pos_table = pos;
+    m->be = be;
+    return TFM_OK;
+}
+
+void tfm_model_get_params(const tfm_model *m, float *host) {
+    m->be->download(host, m->params, m->layout.n_params * sizeof *host);
+}
+
+void tfm_model_set_params(tfm_model *m, const float *host) {
+    m->be->upload(m->params, host, m->layout.n_params * sizeof *host);
 }
 
 /* -------------------------------------------------------------- workspace */
@@ -183,6 +232,7 @@ tfm_status tfm_workspace_init_cells(tfm_workspace *ws, const tfm_model *m, int m
         return tfm_error(TFM_ERR_INVALID,
                          "workspace: length %d exceeds max_positions %d", max_S > max_T ? max_S : max_T,
                          cfg->max_positions);
+    ws->be = m->be;
     ws->max_B = max_B;
     ws->max_S = has_enc ? max_S : 0;
     ws->max_T = has_dec ? max_T : 0;
@@ -191,15 +241,23 @@ tfm_status tfm_workspace_init_cells(tfm_workspace *ws, const tfm_model *m, int m
     ws->max_tgt_cells = max_tgt_cells > 0 && max_tgt_cells < full_tgt ? max_tgt_cells : full_tgt;
     if (has_enc) ws->enc.layers = calloc((size_t)cfg->enc_layers, sizeof *ws->enc.layers);
     if (has_dec) ws->dec.layers = calloc((size_t)cfg->dec_layers, sizeof *ws->dec.layers);
-    ws->src_pad = calloc((size_t)max_B * (ws->max_S + 1), 1);
-    ws->tgt_pad = calloc((size_t)max_B * (ws->max_T + 1), 1);
-    ws->src_pos = calloc((size_t)max_B * (ws->max_S + 1), sizeof(int32_t));
-    ws->tgt_pos = calloc((size_t)max_B * (ws->max_T + 1), sizeof(int32_t));
+    const tfm_backend *be = m->be;
+    size_t ns = (size_t)max_B * (ws->max_S + 1), nt = (size_t)max_B * (ws->max_T + 1);
+    size_t nl = ns > nt ? ns : nt;
+    ws->src_ids = be->alloc(ns * sizeof(int32_t));
+    ws->tgt_ids = be->alloc(nt * sizeof(int32_t));
+    ws->targets = be->alloc(nl * sizeof(int32_t));
+    ws->src_pad = be->alloc(ns);
+    ws->tgt_pad = be->alloc(nt);
+    ws->src_pos = be->alloc(ns * sizeof(int32_t));
+    ws->tgt_pos = be->alloc(nt * sizeof(int32_t));
+    ws->stage = malloc(nl * (sizeof(int32_t) + 1));
     carver count = {0};
     carve_workspace(&count, ws, m);
-    ws->mem = malloc(count.used * sizeof(float));
-    if ((has_enc && !ws->enc.layers) || (has_dec && !ws->dec.layers) || !ws->src_pad ||
-        !ws->tgt_pad || !ws->src_pos || !ws->tgt_pos || !ws->mem) {
+    ws->mem = be->alloc(count.used * sizeof(float));
+    if ((has_enc && !ws->enc.layers) || (has_dec && !ws->dec.layers) || !ws->src_ids || !ws->tgt_ids ||
+        !ws->targets || !ws->src_pad || !ws->tgt_pad || !ws->src_pos || !ws->tgt_pos || !ws->stage ||
+        !ws->mem) {
         size_t mb = count.used * sizeof(float) >> 20;
         tfm_workspace_free(ws);
         return tfm_error(TFM_ERR_NOMEM, "out of memory for activations (%zu MiB) of batch %d x %d x %d",
@@ -213,11 +271,17 @@ tfm_status tfm_workspace_init_cells(tfm_workspace *ws, const tfm_model *m, int m
 void tfm_workspace_free(tfm_workspace *ws) {
     free(ws->enc.layers);
     free(ws->dec.layers);
-    free(ws->src_pad);
-    free(ws->tgt_pad);
-    free(ws->src_pos);
-    free(ws->tgt_pos);
-    free(ws->mem);
+    free(ws->stage);
+    if (ws->be) {
+        ws->be->free(ws->src_ids);
+        ws->be->free(ws->tgt_ids);
+        ws->be->free(ws->targets);
+        ws->be->free(ws->src_pad);
+        ws->be->free(ws->tgt_pad);
+        ws->be->free(ws->src_pos);
+        ws->be->free(ws->tgt_pos);
+        ws->be->free(ws->mem);
+    }
     memset(ws, 0, sizeof *ws);
 }
 
@@ -439,12 +503,21 @@ static void stack_forward(const tfm_model *m, tfm_workspace *ws, const stack_ctx
     s->out = x;
 }
 
-static void fill_masks(const tfm_model *m, uint8_t *pad, int32_t *pos, const int32_t *ids, int B, int L) {
+/* Uploads tokens ids [B, L] (host) into the workspace arrays `dst_ids`,
+ * with their padding mask and positions, computed on the host. */
+static void stage_tokens(const tfm_model *m, tfm_workspace *ws, const int32_t *ids, int B, int L,
+                         int32_t *dst_ids, uint8_t *dst_pad, int32_t *dst_pos) {
+    size_t n = (size_t)B * L;
+    int32_t *pos = ws->stage;
+    uint8_t *pad = (uint8_t *)(pos + n);
     for (int b = 0; b < B; b++)
         for (int t = 0; t < L; t++) {
             pad[(size_t)b * L + t] = ids[(size_t)b * L + t] == m->cfg.pad_id;
             pos[(size_t)b * L + t] = t;
         }
+    m->be->upload(dst_ids, ids, n * sizeof *ids);
+    m->be->upload(dst_pad, pad, n);
+    m->be->upload(dst_pos, pos, n * sizeof *pos);
 }
 
 static stack_ctx encoder_ctx(const tfm_workspace *ws, int training, uint64_t seed) {
@@ -472,15 +545,15 @@ tfm_status tfm_model_forward(const tfm_model *m, tfm_workspace *ws, const tfm_ba
     ws->training = training;
     ws->seed = seed;
     if (has_enc) {
-        fill_masks(m, ws->src_pad, ws->src_pos, b->src, b->B, b->S);
+        stage_tokens(m, ws, b->src, b->B, b->S, ws->src_ids, ws->src_pad, ws->src_pos);
         stack_ctx c = encoder_ctx(ws, training, seed);
-        stack_forward(m, ws, &c, &ws->enc, m->w.enc, cfg->enc_layers, &m->w.enc_norm, b->src,
+        stack_forward(m, ws, &c, &ws->enc, m->w.enc, cfg->enc_layers, &m->w.enc_norm, ws->src_ids,
                       m->w.src_embed, m->w.src_pos);
     }
     if (has_dec) {
-        fill_masks(m, ws->tgt_pad, ws->tgt_pos, b->tgt_in, b->B, b->T);
+        stage_tokens(m, ws, b->tgt_in, b->B, b->T, ws->tgt_ids, ws->tgt_pad, ws->tgt_pos);
         stack_ctx c = decoder_ctx(m, ws, training, seed);
-        stack_forward(m, ws, &c, &ws->dec, m->w.dec, cfg->dec_layers, &m->w.dec_norm, b->tgt_in,
+        stack_forward(m, ws, &c, &ws->dec, m->w.dec, cfg->dec_layers, &m->w.dec_norm, ws->tgt_ids,
                       m->w.tgt_embed, m->w.tgt_pos);
     }
     const float *top = has_dec ? ws->dec.out : ws->enc.out;
@@ -488,9 +561,11 @@ tfm_status tfm_model_forward(const tfm_model *m, tfm_workspace *ws, const tfm_ba
     m->be->linear_forward(ws->logits, top, m->w.generator, NULL, N, cfg->d_model, cfg->tgt_vocab);
     ws->loss_sum = 0;
     ws->n_tokens = 0;
-    if (b->targets)
-        ws->loss_sum = m->be->xent_forward(ws->lse, ws->logits, b->targets, N, cfg->tgt_vocab,
-                                        cfg->pad_id, cfg->label_smoothing, &ws->n_tokens);
+    if (b->targets) {
+        m->be->upload(ws->targets, b->targets, (size_t)N * sizeof *b->targets);
+        ws->loss_sum = m->be->xent_forward(ws->lse, ws->logits, ws->targets, N, cfg->tgt_vocab,
+                                           cfg->pad_id, cfg->label_smoothing, &ws->n_tokens);
+    }
     return TFM_OK;
 }
 
@@ -571,10 +646,10 @@ static void block_backward(const tfm_model *m, tfm_workspace *ws, const stack_ct
     else ffn_backward(m, ws, c, layer, w, gw, a, in, din);
 
     if (pre) {
-        memcpy(dx, g, nd * sizeof *dx);
+        m->be->copy(dx, g, nd * sizeof *dx);
         m->be->layernorm_backward(dx, gnw->w, gnw->b, ws->gtmp, x, blk->mean, blk->rstd, nw->w, c->N, D, 1);
     } else {
-        for (size_t i = 0; i < nd; i++) dx[i] += ws->gtmp[i];
+        m->be->add(dx, ws->gtmp, nd);
     }
 }
 
@@ -625,21 +700,21 @@ tfm_status tfm_model_backward(const tfm_model *m, tfm_workspace *ws, const tfm_b
     int N = b->B * (has_dec ? b->T : b->S), D = cfg->d_model;
     const float *top = has_dec ? ws->dec.out : ws->enc.out;
 
-    m->be->xent_backward(ws->logits, ws->logits, ws->lse, b->targets, N, cfg->tgt_vocab, cfg->pad_id,
+    m->be->xent_backward(ws->logits, ws->logits, ws->lse, ws->targets, N, cfg->tgt_vocab, cfg->pad_id,
                       cfg->label_smoothing, grad_scale);
     m->be->linear_backward(ws->g0, grads->generator, NULL, ws->logits, top, m->w.generator, N, D,
                         cfg->tgt_vocab, 0);
     if (has_dec) {
         stack_ctx c = decoder_ctx(m, ws, ws->training, ws->seed);
-        if (has_enc) memset(ws->dmem, 0, (size_t)ws->B * ws->S * D * sizeof *ws->dmem);
+        if (has_enc) m->be->zero(ws->dmem, (size_t)ws->B * ws->S * D * sizeof *ws->dmem);
         stack_backward(m, ws, &c, &ws->dec, m->w.dec, grads->dec, cfg->dec_layers, &m->w.dec_norm,
-                       &grads->dec_norm, b->tgt_in, grads->tgt_embed, grads->tgt_pos);
-        if (has_enc) memcpy(ws->g0, ws->dmem, (size_t)ws->B * ws->S * D * sizeof *ws->g0);
+                       &grads->dec_norm, ws->tgt_ids, grads->tgt_embed, grads->tgt_pos);
+        if (has_enc) m->be->copy(ws->g0, ws->dmem, (size_t)ws->B * ws->S * D * sizeof *ws->g0);
     }
     if (has_enc) {
         stack_ctx c = encoder_ctx(ws, ws->training, ws->seed);
         stack_backward(m, ws, &c, &ws->enc, m->w.enc, grads->enc, cfg->enc_layers, &m->w.enc_norm,
-                       &grads->enc_norm, b->src, grads->src_embed, grads->src_pos);
+                       &grads->enc_norm, ws->src_ids, grads->src_embed, grads->src_pos);
     }
     return TFM_OK;
 }
@@ -657,10 +732,10 @@ tfm_status tfm_model_encode(const tfm_model *m, tfm_workspace *ws, const int32_t
     ws->B = B;
     ws->S = S;
     ws->training = 0;
-    fill_masks(m, ws->src_pad, ws->src_pos, src, B, S);
+    stage_tokens(m, ws, src, B, S, ws->src_ids, ws->src_pad, ws->src_pos);
     stack_ctx c = encoder_ctx(ws, 0, 0);
-    stack_forward(m, ws, &c, &ws->enc, m->w.enc, cfg->enc_layers, &m->w.enc_norm, src, m->w.src_embed,
-                  m->w.src_pos);
+    stack_forward(m, ws, &c, &ws->enc, m->w.enc, cfg->enc_layers, &m->w.enc_norm, ws->src_ids,
+                  m->w.src_embed, m->w.src_pos);
     return TFM_OK;
 }
 

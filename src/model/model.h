@@ -25,10 +25,10 @@ typedef struct tfm_model {
     int dk, dv;                /* per head, defaults resolved */
     int qkv_dim;               /* H * (2*dk + dv): rows of in_proj_weight */
     tfm_layout layout;
-    float *params;             /* [layout.n_params] */
+    float *params;             /* [layout.n_params], the backend's memory */
     tfm_weights w;             /* views into params */
-    float *pos_table;          /* [P, D] sinusoidal positions, or NULL */
-    const tfm_backend *be;     /* where the ops run (the CPU reference ops) */
+    float *pos_table;          /* [P, D] sinusoidal positions (backend memory), or NULL */
+    const tfm_backend *be;     /* where the parameters live and the ops run */
 } tfm_model;
 
 /* Validates cfg, allocates the parameters and initialises them from `seed`:
@@ -36,6 +36,16 @@ typedef struct tfm_model {
  * embeddings and learned positions, LayerNorm 1/0, biases 0. */
 tfm_status tfm_model_init(tfm_model *m, const tfm_config *cfg, uint64_t seed);
 void tfm_model_free(tfm_model *m);
+
+/* Moves a model's parameters to backend `be` (a no-op when they are there):
+ * allocates them there, uploads, frees the old copy. Workspaces, trainers and
+ * decoders made afterwards live on `be` too. On failure the model is
+ * unchanged. */
+tfm_status tfm_model_to_backend(tfm_model *m, const tfm_backend *be);
+
+/* Parameters to and from a host buffer of layout.n_params floats. */
+void tfm_model_get_params(const tfm_model *m, float *host);
+void tfm_model_set_params(tfm_model *m, const float *host);
 
 /* One batch. Token matrices are row-major and padded with cfg.pad_id.
  *   encoder-decoder: src [B,S], tgt_in [B,T] (starts with bos), targets [B,T]
@@ -84,10 +94,14 @@ typedef struct tfm_workspace {
     int B, S, T;               /* shape of the last forward */
     int training;              /* the last forward applied dropout */
     uint64_t seed;             /* dropout seed of the last forward */
+    const tfm_backend *be;     /* the model's backend: every array below is its memory */
     float *mem;                /* the one allocation everything below points into */
     tfm_stack_acts enc, dec;
+    int32_t *src_ids, *tgt_ids;   /* [B, S], [B, T]: the batch's tokens (src, tgt_in) */
+    int32_t *targets;             /* [B, L]: the batch's targets */
     uint8_t *src_pad, *tgt_pad;   /* [B, S], [B, T]: 1 where the token is pad */
     int32_t *src_pos, *tgt_pos;   /* [B*S], [B*T]: position of each row */
+    void *stage;               /* host staging for the above (not backend memory) */
     float *logits;             /* [B*L, V]; becomes dlogits in the backward */
     float *lse;                /* [B*L] log-sum-exp of each row of logits */
     /* forward/backward scratch */
@@ -146,7 +160,8 @@ typedef enum tfm_attn_kind {
 } tfm_attn_kind;
 
 /* The attention probabilities of one layer from the last forward,
- * [B, H, Tq, Tk] (before attention dropout); *Tq and *Tk receive the lengths.
+ * [B, H, Tq, Tk] (before attention dropout), in the backend's memory (read
+ * them directly only when model->be->host_memory); *Tq and *Tk receive the lengths.
  * NULL when the model has no such attention or layer is out of range. */
 const float *tfm_workspace_attention(const tfm_model *m, const tfm_workspace *ws, tfm_attn_kind kind,
                                      int layer, int *Tq, int *Tk);

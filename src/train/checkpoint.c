@@ -359,7 +359,19 @@ tfm_status tfm_checkpoint_load_into(const tfm_model *m, const char *path) {
                       "%s: the checkpoint's config differs from the model's: %s (file vs model)",
                       path, diff);
     if (s == TFM_OK) s = check_tensors(&f.st, &m->layout, path);
-    if (s == TFM_OK) copy_tensors(&f.st, &m->layout, m->params);
+    if (s == TFM_OK && m->be->host_memory) {
+        copy_tensors(&f.st, &m->layout, m->params);
+    } else if (s == TFM_OK) {
+        float *host = malloc(m->layout.n_params * sizeof *host);
+        if (!host) s = tfm_error(TFM_ERR_NOMEM, "%s: out of memory", path);
+        if (host) {
+            /* Tied tensors are not in the file: keep the model's values there. */
+            tfm_model_get_params(m, host);
+            copy_tensors(&f.st, &m->layout, host);
+            tfm_model_set_params((tfm_model *)m, host);
+            free(host);
+        }
+    }
     ckpt_close(&f);
     return s;
 }
@@ -472,7 +484,12 @@ static tfm_status write_weights(const tfm_config *cfg, const tfm_layout *L, cons
 
 tfm_status tfm_checkpoint_save(const tfm_model *m, long step, const char *path) {
     TFM_ASSERT(m && m->params && path);
-    return write_weights(&m->cfg, &m->layout, m->params, step, path, NULL, NULL);
+    float *owned;
+    const float *params = tfm_backend_host_floats(m->be, m->params, m->layout.n_params, &owned);
+    if (!params) return tfm_error(TFM_ERR_NOMEM, "%s: out of memory for a host copy of the parameters", path);
+    tfm_status s = write_weights(&m->cfg, &m->layout, params, step, path, NULL, NULL);
+    free(owned);
+    return s;
 }
 
 /* ------------------------------------------------------------- train state */
@@ -619,6 +636,9 @@ static int diff_settings(const setting *tab, int n, const void *file, const void
 
 #define DATA_PREFIX "data."
 
+static tfm_status save_state(const tfm_trainer *tr, const char *const *keys, const char *const *values,
+                             int n, const char *path, const float *adam_m, const float *adam_v);
+
 tfm_status tfm_train_state_save(const tfm_trainer *tr, const char *const *keys,
                                 const char *const *values, int n, const char *path) {
     TFM_ASSERT(tr && tr->m && tr->adam_m && tr->adam_v && path && n >= 0);
@@ -639,8 +659,26 @@ tfm_status tfm_train_state_save(const tfm_trainer *tr, const char *const *keys,
     }
     const tfm_model *m = tr->m;
     size_t np = m->layout.n_params;
+    /* The moments, readable on the host (downloaded from a device backend). */
+    float *owned_m, *owned_v;
+    const float *adam_m = tfm_backend_host_floats(m->be, tr->adam_m, np, &owned_m);
+    const float *adam_v = adam_m ? tfm_backend_host_floats(m->be, tr->adam_v, np, &owned_v) : NULL;
+    if (!adam_v) {
+        free(owned_m);
+        return tfm_error(TFM_ERR_NOMEM, "%s: out of memory for a host copy of the moments", path);
+    }
+    tfm_status s = save_state(tr, keys, values, n, path, adam_m, adam_v);
+    free(owned_m);
+    free(owned_v);
+    return s;
+}
+
+static tfm_status save_state(const tfm_trainer *tr, const char *const *keys, const char *const *values,
+                             int n, const char *path, const float *adam_m, const float *adam_v) {
+    const tfm_model *m = tr->m;
+    size_t np = m->layout.n_params;
     for (int k = 0; k < 2; k++) {
-        const float *p = k ? tr->adam_v : tr->adam_m;
+        const float *p = k ? adam_v : adam_m;
         for (size_t j = 0; j < np; j++)
             if (!isfinite(p[j]))
                 return tfm_error(TFM_ERR_INVALID, "%s: not saved: \"%s\" element %zu is %s", path,
@@ -653,8 +691,8 @@ tfm_status tfm_train_state_save(const tfm_trainer *tr, const char *const *keys,
     char *config = tfm_config_to_json(&m->cfg);
     tfm_status s = config ? TFM_OK : tfm_error(TFM_ERR_NOMEM, "%s: out of memory", path);
     int64_t shape[1] = {(int64_t)np};
-    if (s == TFM_OK) s = tfm_st_writer_add(w, "adam.m", TFM_DT_F32, 1, shape, tr->adam_m);
-    if (s == TFM_OK) s = tfm_st_writer_add(w, "adam.v", TFM_DT_F32, 1, shape, tr->adam_v);
+    if (s == TFM_OK) s = tfm_st_writer_add(w, "adam.m", TFM_DT_F32, 1, shape, adam_m);
+    if (s == TFM_OK) s = tfm_st_writer_add(w, "adam.v", TFM_DT_F32, 1, shape, adam_v);
     if (s == TFM_OK) s = tfm_st_writer_meta(w, "format", TFM_TRAIN_STATE_FORMAT);
     if (s == TFM_OK) s = tfm_st_writer_meta(w, "format_version", TFM_CHECKPOINT_VERSION);
     snprintf(num, sizeof num, "%ld", tr->step);
@@ -847,9 +885,10 @@ tfm_status tfm_train_state_load(tfm_trainer *tr, const char *path, tfm_train_sta
     if (s == TFM_OK) s = check_moment(&st, path, "adam.m", np, 0);
     if (s == TFM_OK) s = check_moment(&st, path, "adam.v", np, 1);
     if (s == TFM_OK) {
-        memcpy(tr->adam_m, tfm_st_data(&st, tfm_st_find(&st, "adam.m")), np * sizeof(float));
-        memcpy(tr->adam_v, tfm_st_data(&st, tfm_st_find(&st, "adam.v")), np * sizeof(float));
-        memset(tr->grad, 0, np * sizeof(float));
+        const tfm_backend *be = tr->m->be;
+        be->upload(tr->adam_m, tfm_st_data(&st, tfm_st_find(&st, "adam.m")), np * sizeof(float));
+        be->upload(tr->adam_v, tfm_st_data(&st, tfm_st_find(&st, "adam.v")), np * sizeof(float));
+        be->zero(tr->grad, np * sizeof(float));
         tr->step = out->step;
         tr->seed = out->seed;
         tr->micro = 0;

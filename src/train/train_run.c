@@ -223,6 +223,9 @@ static tfm_status setup_model(run_state *rs, long *start_step) {
         TFM_TRY(tfm_model_init(&rs->model, &cfg, o->seed));
         rs->have_model = 1;
     }
+    const tfm_backend *be;
+    TFM_TRY(tfm_backend_select(o->device, &be));
+    TFM_TRY(tfm_model_to_backend(&rs->model, be));
     tfm_corpus_shape a = tfm_corpus_max_shape(rs->train);
     if (rs->valid) {
         tfm_corpus_shape b = tfm_corpus_max_shape(rs->valid);

@@ -24,7 +24,7 @@ tfm_status tfm_trainer_init_cells(tfm_trainer *tr, tfm_model *m, const tfm_adam_
     tr->sched = *sched;
     tr->seed = seed;
     size_t n = m->layout.n_params;
-    tr->grad = calloc(3 * n, sizeof *tr->grad);
+    tr->grad = m->be->alloc(3 * n * sizeof *tr->grad);
     if (!tr->grad) return tfm_error(TFM_ERR_NOMEM, "trainer: out of memory for gradients and moments");
     tr->adam_m = tr->grad + n;
     tr->adam_v = tr->grad + 2 * n;
@@ -38,7 +38,7 @@ tfm_status tfm_trainer_init_cells(tfm_trainer *tr, tfm_model *m, const tfm_adam_
 void tfm_trainer_free(tfm_trainer *tr) {
     if (tr->ws.mem) tfm_workspace_free(&tr->ws);
     tfm_weights_free(&tr->grad_views);
-    free(tr->grad);
+    if (tr->m) tr->m->be->free(tr->grad);
     memset(tr, 0, sizeof *tr);
 }
 
@@ -57,9 +57,10 @@ float tfm_trainer_update(tfm_trainer *tr) {
     size_t n = tr->m->layout.n_params;
     tr->step++;
     tr->last_lr = tfm_lr_at(&tr->sched, tr->step);
-    tr->last_grad_norm = tfm_optim_step(&tr->opt, tr->m->params, tr->grad, tr->adam_m, tr->adam_v, n,
-                                        tr->step, tr->last_lr);
-    memset(tr->grad, 0, n * sizeof *tr->grad);
+    const tfm_backend *be = tr->m->be;
+    tr->last_grad_norm = tfm_optim_step_on(be, &tr->opt, tr->m->params, tr->grad, tr->adam_m, tr->adam_v, n,
+                                           tr->step, tr->last_lr);
+    be->zero(tr->grad, n * sizeof *tr->grad);
     float loss = tr->n_tokens ? (float)(tr->loss_sum / tr->n_tokens) : 0.0f;
     tr->micro = 0;
     tr->loss_sum = 0;

@@ -23,7 +23,7 @@
 typedef struct tfm_trainer {
     tfm_model *m;
     tfm_workspace ws;
-    float *grad, *adam_m, *adam_v;  /* [n_params] each, one allocation */
+    float *grad, *adam_m, *adam_v;  /* [n_params] each, one allocation of the model's backend */
     tfm_weights grad_views;
     tfm_adam_params opt;
     tfm_lr_schedule sched;
