@@ -2,7 +2,9 @@
 # gpu_test.sh: the GPU tests, on a machine with an NVIDIA GPU and the CUDA
 # toolkit: configures and builds build-cuda (Release, TFM_CUDA=ON), runs the
 # CUDA op harness (ctest cuda_ops: every op of the CUDA backend against the
-# CPU reference) and prints a summary with the GPU's name.
+# CPU reference) and the whole-model test (ctest device_model: loss, logits,
+# every gradient, Adam steps, greedy and beam search against the CPU), and
+# prints a summary with the GPU's name.
 #
 # It installs nothing. OpenBLAS is used when present, otherwise the portable
 # GEMM (-DTFM_BLAS=None; it only serves as the CPU reference here). cJSON is
@@ -33,7 +35,16 @@ done
 openmp=ON
 if ! echo 'int main(void){return 0;}' | cc -fopenmp -x c - -o /dev/null >/dev/null 2>&1; then openmp=OFF; fi
 if [ ! -e /usr/include/cjson/cJSON.h ] && [ -z "${CMAKE_PREFIX_PATH:-}" ]; then
-    echo "gpu_test.sh: cJSON is not installed (libcjson-dev); the library needs it" >&2
+    # A machine that cannot install packages (no network): Debian's libcjson1
+    # and libcjson-dev .deb files in TFM_CJSON_DEBS are unpacked into /tmp.
+    if [ -n "${TFM_CJSON_DEBS:-}" ] && ls "$TFM_CJSON_DEBS"/libcjson*.deb >/dev/null 2>&1; then
+        for d in "$TFM_CJSON_DEBS"/libcjson*.deb; do dpkg -x "$d" /tmp/cjson; done
+        export CMAKE_PREFIX_PATH=/tmp/cjson/usr CPATH=/tmp/cjson/usr/include
+        export LD_LIBRARY_PATH=/tmp/cjson/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+        echo "gpu_test.sh: cJSON from $TFM_CJSON_DEBS (unpacked into /tmp/cjson)"
+    else
+        echo "gpu_test.sh: cJSON is not installed (libcjson-dev); the library needs it" >&2
+    fi
 fi
 echo "gpu_test.sh: BLAS=$blas OpenMP=$openmp"
 
@@ -47,17 +58,17 @@ if ! cmake --build build-cuda -j "$jobs"; then
     echo "gpu_test.sh: FAILED: build" >&2
     exit 1
 fi
-(cd build-cuda && ctest -R cuda_ops -V --output-on-failure)
+(cd build-cuda && ctest -R 'cuda_ops|device_model' -V --output-on-failure)
 rc=$?
 log=build-cuda/Testing/Temporary/LastTest.log
-summary="$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log" 2>/dev/null | tail -n 1)"
+summary="$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log" 2>/dev/null | tr '\n' ' ')"
 if grep -q 'cuda_ops: SKIP' "$log" 2>/dev/null; then
     echo "gpu_test.sh: FAILED: the CUDA op harness skipped: $(grep -o 'SKIP: .*' "$log" | head -n 1)"
     exit 1
 fi
 if [ $rc -eq 0 ]; then
-    echo "gpu_test.sh: cuda_ops passed on ${gpu:-?}: ${summary:-?}"
+    echo "gpu_test.sh: cuda_ops and device_model passed on ${gpu:-?}: ${summary:-?}"
 else
-    echo "gpu_test.sh: cuda_ops FAILED on ${gpu:-?}: ${summary:-see above}"
+    echo "gpu_test.sh: FAILED on ${gpu:-?}: ${summary:-see above}"
 fi
 exit $rc

@@ -33,7 +33,7 @@ if [ -n "$nvcc_bin" ]; then
     cmake --build build-cuda -j "$jobs"
     # The op harness (skips without a GPU) and the tests that run the model
     # through the backend table, in the build that defines TFM_HAVE_CUDA.
-    (cd build-cuda && ctest --output-on-failure -j "$jobs" -R 'cuda_ops|decode|trainer')
+    (cd build-cuda && ctest --output-on-failure -j "$jobs" -R 'cuda_ops|device_model|decode|trainer')
     cuda_note="release, sanitizer and CUDA builds"
 else
     echo "test.sh: nvcc not found: the CUDA backend was not compiled"

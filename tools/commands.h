@@ -15,5 +15,6 @@ int cmd_average(int argc, char **argv);
 int cmd_translate(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_attention(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
 
 #endif

@@ -25,6 +25,7 @@ static const subcommand subcommands[] = {
     {"average", cmd_average, "average the last N checkpoints of a model directory (the paper averages 5)"},
     {"bpe", cmd_bpe, "learn, apply and undo byte-pair encoding (bpe learn|encode|decode)"},
     {"bleu", cmd_bleu, "score a translation against references, as sacreBLEU 2.6 does"},
+    {"bench", cmd_bench, "time training, decoding and GEMMs as JSON lines (bench/run.sh compares with PyTorch)"},
 };
 
 static void usage(FILE *out) {

@@ -102,6 +102,30 @@ static void cu_zero(void *dst, size_t bytes) {
 
 static void cu_sync(void) { TFM_CUDA_CHECK(cudaStreamSynchronize(g_stream)); }
 
+/* Strided rows (the KV-cache append): one 2-D copy. */
+static void cu_copy_rows(float *dst, long dst_row, const float *src, long src_row, size_t width, int rows) {
+    if (!width || rows <= 0) return;
+    TFM_CUDA_CHECK(cudaMemcpy2DAsync(dst, (size_t)dst_row * sizeof(float), src, (size_t)src_row * sizeof(float),
+                                     width * sizeof(float), (size_t)rows, cudaMemcpyDeviceToDevice, g_stream));
+}
+
+/* dst[r, i] = src[from[r], i]: one block row per destination row. */
+__global__ void gather_rows_kernel(float *dst, const float *src, long row, size_t width, const int32_t *from) {
+    int r = blockIdx.y;
+    const float *s = src + (size_t)from[r] * row;
+    float *d = dst + (size_t)r * row;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < width; i += (size_t)gridDim.x * blockDim.x)
+        d[i] = s[i];
+}
+
+static void cu_gather_rows(float *dst, const float *src, long row, size_t width, const int32_t *from, int n) {
+    if (!width || n <= 0) return;
+    unsigned bx = tfm_cuda_blocks(width, TFM_CUDA_THREADS);
+    if (bx > 64) bx = 64;
+    gather_rows_kernel<<<dim3(bx, (unsigned)n), TFM_CUDA_THREADS, 0, g_stream>>>(dst, src, row, width, from);
+    TFM_CUDA_LAUNCHED();
+}
+
 /* Every op of a CPU model exists here, so every configuration runs. */
 static int cu_supports(const tfm_config *cfg) {
     (void)cfg;
@@ -125,6 +149,8 @@ static void fill_table(tfm_backend *t) {
     t->copy = cu_copy;
     t->zero = cu_zero;
     t->sync = cu_sync;
+    t->copy_rows = cu_copy_rows;
+    t->gather_rows = cu_gather_rows;
     t->global_norm = tfm_cuda_global_norm;
     t->scale = tfm_cuda_scale;
     t->add = tfm_cuda_add;
