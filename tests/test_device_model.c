@@ -8,8 +8,9 @@
  *    dropout masks are the same counter-based random numbers on both): loss,
  *    logits and every parameter gradient within relative 1e-4 (fp32; the GPU
  *    sums in another order, and its embedding gradients add atomically);
- *  - three Adam steps through the trainer: the loss within 1e-4, the
- *    parameters' difference within 1e-2 of the distance they moved (below);
+ *  - three Adam steps through the trainer: the loss within 1e-4, every
+ *    parameter but the key biases (whose gradient is exactly 0: see below)
+ *    within 1e-4;
  *  - greedy decoding (fp32) gives exactly the CPU's tokens, and beam search
  *    the CPU's hypotheses.
  * The same checks run first against a "staged" CPU backend (the CPU ops, but
@@ -165,23 +166,41 @@ static void check_training(const char *name, tfm_config cfg) {
                tc.last_grad_norm, cuda->name, tg.last_grad_norm);
         CHECK(fabsf(lc - lg) <= 1e-4f * fabsf(lc), "%s: loss after 3 steps", name);
         /* Adam moves every parameter by about lr whatever its gradient's size,
-         * so an element whose gradient is rounding noise (1e-9 against 1e-1)
-         * takes a step of +-lr decided by that noise on either side: elements
-         * cannot be compared. The difference of the two runs is compared with
-         * the distance the parameters moved instead: |p_dev - p_cpu| /
-         * |p_cpu - p_initial| (L2 over the buffer), tolerance 1e-2 (a wrong
-         * update would be of order 1). */
+         * so an element whose gradient is rounding noise takes a step of
+         * +-lr decided by that noise, differently on each backend. One kind
+         * of element is always such: the key bias (rows H*dk..2*H*dk of each
+         * in_proj_bias), whose true gradient is exactly 0 (softmax does not
+         * change when every score of a row shifts by the same q.b_k). Those
+         * are left out; every other parameter must agree: the difference of
+         * the two runs over the distance the parameters moved, |p_dev -
+         * p_cpu| / |p_cpu - p_initial| (L2), within 1e-3, and element-wise
+         * within 1e-4 of the largest parameter. */
         float *dev = malloc(np * sizeof *dev);
+        uint8_t *skip = calloc(np, 1);
         cuda->download(dev, gpu.params, np * sizeof *dev);
-        double diff = 0, moved = 0;
+        int hk = cfg.heads * tfm_config_dk(&cfg);
+        for (int i = 0; i < cpu.layout.n_tensors; i++) {
+            const tfm_tensor_info *t = &cpu.layout.tensors[i];
+            const char *suffix = "in_proj_bias";
+            size_t ln = strlen(t->name), ls = strlen(suffix);
+            if (t->tied_to < 0 && ln >= ls && !strcmp(t->name + ln - ls, suffix))
+                memset(skip + t->offset + hk, 1, (size_t)hk);
+        }
+        double diff = 0, moved = 0, pworst = 0, largest = 0;
+        for (size_t i = 0; i < np; i++) largest = fmax(largest, fabs(cpu.params[i]));
         for (size_t i = 0; i < np; i++) {
-            diff += ((double)dev[i] - cpu.params[i]) * ((double)dev[i] - cpu.params[i]);
+            if (skip[i]) continue;
+            double d = (double)dev[i] - cpu.params[i];
+            diff += d * d;
             moved += ((double)cpu.params[i] - initial[i]) * ((double)cpu.params[i] - initial[i]);
+            pworst = isnan(d) ? NAN : fmax(pworst, fabs(d) / largest);
         }
         double ratio = sqrt(diff) / sqrt(moved);
-        printf("%s: parameters after 3 Adam steps: |dev - cpu| / |cpu - initial| = %.2e (tol 1e-02); "
-               "element-wise worst rel err %.2e\n", name, ratio, rel_error(cpu.params, gpu.params, np));
-        CHECK(ratio <= 1e-2, "%s: parameters after 3 Adam steps: %g", name, ratio);
+        printf("%s: parameters after 3 Adam steps (key biases left out): |dev - cpu| / |cpu - initial| = %.2e "
+               "(tol 1e-03); element-wise worst rel err %.2e (tol 1e-04)\n", name, ratio, pworst);
+        CHECK(ratio <= 1e-3, "%s: parameters after 3 Adam steps: %g", name, ratio);
+        CHECK(pworst <= 1e-4, "%s: parameters after 3 Adam steps: element-wise %g", name, pworst);
+        free(skip);
         free(dev);
 
         /* Inference forward (no dropout): logits. */
