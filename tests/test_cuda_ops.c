@@ -247,6 +247,33 @@ static void test_gemm(void) {
 
 /* ---------------------------------------------------------------- linear */
 
+/* The tensor-core modes: operands rounded to tf32 / bf16, fp32 sums. Bounds
+ * (relative to the largest |C|, K = 509 products of values in [-1, 1]):
+ * tf32 2e-3, bf16 1e-2; and the error must exceed 1e-6, which shows that the
+ * mode took effect (fp32 gives about 5e-7 here). Back to fp32 after. */
+static void test_gemm_precision(void) {
+    static const struct { tfm_matmul_precision p; const char *name; double tol; } modes[] = {
+        {TFM_MATMUL_TF32, "gemm NT 301x257x509 tf32", 2e-3},
+        {TFM_MATMUL_BF16, "gemm NT 301x257x509 bf16", 1e-2},
+    };
+    int M = 301, N = 257, K = 509;
+    for (int i = 0; i < 2; i++) {
+        CHECK(G->set_matmul_precision(modes[i].p), "%s: mode refused", modes[i].name);
+        float *a = hrand((size_t)M * K, -1, 1), *b = hrand((size_t)N * K, -1, 1), *c = hfill((size_t)M * N, 0);
+        float *da = dputf(a, (size_t)M * K), *db = dputf(b, (size_t)N * K), *dc = dputf(c, (size_t)M * N);
+        G->gemm(0, 1, M, N, K, 1.0f, da, K, db, K, 0.0f, dc, N);
+        C->gemm(0, 1, M, N, K, 1.0f, a, K, b, K, 0.0f, c, N);
+        float *got = dget(dc, (size_t)M * N);
+        double e = tfm_test_close(modes[i].name, got, c, (size_t)M * N, modes[i].tol);
+        CHECK(e > 1e-6, "%s: error %g: the mode had no effect", modes[i].name, e);
+        free(got);
+        G->free(da), G->free(db), G->free(dc);
+        free(a), free(b), free(c);
+    }
+    CHECK(G->set_matmul_precision(TFM_MATMUL_FP32), "fp32 mode refused");
+    CHECK(!C->set_matmul_precision(TFM_MATMUL_BF16), "the CPU accepted bf16");
+}
+
 static void test_linear(void) {
     int N = 53, I = 45, O = 39;
     float *in = hrand((size_t)N * I, -1, 1), *w = hrand((size_t)O * I, -0.5f, 0.5f), *b = hrand(O, -1, 1);
@@ -740,6 +767,7 @@ int main(void) {
     test_memory();
     test_flat();
     test_gemm();
+    test_gemm_precision();
     test_linear();
     test_embedding();
     test_layernorm();

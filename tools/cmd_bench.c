@@ -89,6 +89,7 @@ typedef struct bench_opts {
     /* sgemm */
     double min_time;
     const char *device;              /* train, greedy: "cpu" or "cuda" (NULL: cpu) */
+    const char *precision;           /* train, greedy: GEMM arithmetic (NULL: fp32) */
 } bench_opts;
 
 static void usage(FILE *out) {
@@ -120,6 +121,7 @@ static void usage(FILE *out) {
             "  --threads N                threads (default: OMP_NUM_THREADS or TFM_NUM_THREADS, else all cores)\n"
             "  --seed N                   seed of the weights, tokens and dropout (default 1)\n"
             "  --device cpu|cuda          train, greedy: where the model runs (default cpu)\n"
+            "  --precision fp32|tf32|bf16 train, greedy: GEMM arithmetic (cuda only; default fp32)\n"
             "  --min-time SECONDS         sgemm: time each shape for at least this long (default 0.2)\n"
             "  --len N                    long: sequence length (default 4096)\n"
             "  --layers N                 long: encoder layers (default 6)\n"
@@ -151,6 +153,7 @@ static const struct {
     {"--threads", K_TRAIN | K_GREEDY | K_SGEMM | K_LONG | K_TRANSLATE},
     {"--seed", K_TRAIN | K_GREEDY | K_SGEMM | K_LONG},
     {"--device", K_TRAIN | K_GREEDY},
+    {"--precision", K_TRAIN | K_GREEDY},
     {"--min-time", K_SGEMM},
     {"--len", K_LONG},
     {"--layers", K_LONG},
@@ -235,8 +238,8 @@ static double median(const double *v, int n) {
 static void json_head(const bench_opts *o) {
     printf("{\"bench\":");
     json_str(stdout, o->kind_name);
-    printf(",\"impl\":\"transformer.c\",\"device\":\"%s\",\"threads\":%d", o->device ? o->device : "cpu",
-           threads_in_use());
+    printf(",\"impl\":\"transformer.c\",\"device\":\"%s\",\"precision\":\"%s\",\"threads\":%d",
+           o->device ? o->device : "cpu", o->precision ? o->precision : "fp32", threads_in_use());
 }
 
 /* The closing summary object: medians of the per-rep milliseconds, BLAS, RSS. */
@@ -328,9 +331,12 @@ static int fail(const char *what) {
 /* Moves a new model to --device; on failure frees it and returns 1. */
 static int to_device(tfm_model *m, const bench_opts *o) {
     const tfm_backend *be;
-    if (tfm_backend_select(o->device, &be) == TFM_OK && tfm_model_to_backend(m, be) == TFM_OK) return 0;
+    if (tfm_backend_select(o->device, &be) == TFM_OK &&
+        (!o->precision || tfm_backend_set_precision(be, o->precision) == TFM_OK) &&
+        tfm_model_to_backend(m, be) == TFM_OK)
+        return 0;
     tfm_model_free(m);
-    return fail("--device");
+    return fail("device");
 }
 
 /* ------------------------------------------------------------------ train */
@@ -879,6 +885,7 @@ int cmd_bench(int argc, char **argv) {
         else if (!strcmp(a, "--reps")) { if (!tfm_cli_int(v, 1, 1000000, &o.reps)) return bad_value(a, v, "a positive integer"); }
         else if (!strcmp(a, "--warmup")) { if (!tfm_cli_int(v, 0, 1000000, &o.warmup)) return bad_value(a, v, "an integer >= 0"); }
         else if (!strcmp(a, "--threads")) { if (!tfm_cli_int(v, 1, 4096, &o.threads)) return bad_value(a, v, "a positive integer"); }
+        else if (!strcmp(a, "--precision")) { if (strcmp(v, "fp32") && strcmp(v, "tf32") && strcmp(v, "bf16")) return bad_value(a, v, "fp32, tf32 or bf16"); o.precision = v; }
         else if (!strcmp(a, "--device")) { if (strcmp(v, "cpu") && strcmp(v, "cuda")) return bad_value(a, v, "cpu or cuda"); o.device = v; }
         else if (!strcmp(a, "--seed")) {
             char *end;

@@ -60,6 +60,7 @@ static void usage(FILE *out) {
             "  --seed N                   initialisation, dropout and shuffling (default 1)\n"
             "  --threads N                (default: all cores, or TFM_NUM_THREADS)\n"
             "  --device cpu|cuda          where the model trains (default cpu; cuda needs a CUDA build)\n"
+            "  --precision fp32|tf32|bf16 GEMM arithmetic; tf32 and bf16 use tensor cores (cuda only; default fp32)\n"
             "  --resume                   continue DIR's run exactly where it stopped\n"
             "  --no-progress              plain log lines even on a terminal\n"
             "model (the paper's base model unless set; see docs/config.md)\n"
@@ -108,6 +109,7 @@ static int apply(tfm_train_opts *o, int *threads, const char *raw_name, const ch
     else if (!strcmp(name, "keep_last")) { if (!tfm_cli_int(v, 0, 1 << 20, &o->keep_last)) bad = "an integer >= 0"; }
     else if (!strcmp(name, "bleu_sentences")) { if (!tfm_cli_int(v, -1, 1 << 30, &o->bleu_sentences)) bad = "an integer >= -1"; }
     else if (!strcmp(name, "seed")) { long s; if (!tfm_cli_long(v, 0, (1L << 62), &s)) bad = "an integer >= 0"; else o->seed = (uint64_t)s; }
+    else if (!strcmp(name, "precision")) { if (strcmp(v, "fp32") && strcmp(v, "tf32") && strcmp(v, "bf16")) bad = "fp32, tf32 or bf16"; else o->precision = v; }
     else if (!strcmp(name, "device")) { if (strcmp(v, "cpu") && strcmp(v, "cuda")) bad = "cpu or cuda"; else o->device = v; }
     else if (!strcmp(name, "threads")) { if (!tfm_cli_int(v, 1, 4096, threads)) bad = "a positive integer"; }
     else if (tfm_config_set(&o->cfg, raw_name, v) != TFM_OK) {

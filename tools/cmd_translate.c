@@ -25,7 +25,8 @@ static void usage(FILE *out) {
             "  --batch-sentences N    sentences decoded together (default 64)\n"
             "  --chunk N              input lines read and sorted at a time (default 10000)\n"
             "  --threads N            (default: all cores, or TFM_NUM_THREADS)\n"
-            "  --device cpu|cuda      where the model runs (default cpu; cuda needs a CUDA build)\n");
+            "  --device cpu|cuda      where the model runs (default cpu; cuda needs a CUDA build)\n"
+            "  --precision P          GEMM arithmetic: fp32, tf32 or bf16 (cuda only; default fp32)\n");
 }
 
 /* Reads up to `max` lines (without '\n'); returns the count, 0 at the end. */
@@ -47,7 +48,7 @@ static size_t read_lines(FILE *in, char **lines, size_t max, int *err) {
 }
 
 int cmd_translate(int argc, char **argv) {
-    const char *model = NULL, *checkpoint = NULL, *input = NULL, *output = NULL, *device = "cpu";
+    const char *model = NULL, *checkpoint = NULL, *input = NULL, *output = NULL, *device = "cpu", *precision = NULL;
     tfm_translate_params p;
     tfm_translate_default_params(&p);
     int threads = 0, chunk = 10000;
@@ -68,6 +69,7 @@ int cmd_translate(int argc, char **argv) {
         else if (!strcmp(a, "--chunk")) ok = tfm_cli_int(v, 1, 1 << 24, &chunk);
         else if (!strcmp(a, "--threads")) ok = tfm_cli_int(v, 1, 4096, &threads);
         else if (!strcmp(a, "--device")) device = v;
+        else if (!strcmp(a, "--precision")) precision = v;
         else { fprintf(stderr, "transformer translate: unknown option %s\n", a); usage(stderr); return 2; }
         if (!ok) { fprintf(stderr, "transformer translate: %s: bad value '%s'\n", a, v); return 2; }
         i++;
@@ -79,8 +81,8 @@ int cmd_translate(int argc, char **argv) {
     }
     tfm_cli_set_threads(threads);
     const tfm_backend *be;
-    if (tfm_backend_select(device, &be) != TFM_OK) {
-        fprintf(stderr, "transformer translate: --device: %s\n", tfm_last_error());
+    if (tfm_backend_select(device, &be) != TFM_OK || (precision && tfm_backend_set_precision(be, precision) != TFM_OK)) {
+        fprintf(stderr, "transformer translate: %s\n", tfm_last_error());
         return 2;
     }
     tfm_translator t;

@@ -26,11 +26,21 @@
 #include "ops/ops.h"
 #include "transformer.h"
 
+/* The arithmetic of a backend's GEMMs. Storage is fp32 in every mode. */
+typedef enum tfm_matmul_precision {
+    TFM_MATMUL_FP32 = 0,  /* fp32 products and sums: the CPU's results within 1e-4 (the default) */
+    TFM_MATMUL_TF32 = 1,  /* operands rounded to tf32 (10-bit mantissa) on tensor cores, fp32 sums */
+    TFM_MATMUL_BF16 = 2,  /* operands rounded to bf16 (7-bit mantissa) on tensor cores, fp32 sums */
+} tfm_matmul_precision;
+
 typedef struct tfm_backend {
     const char *name;
     /* Whether this backend runs every op a model of this configuration needs. */
     int (*supports)(const tfm_config *cfg);
     int host_memory;
+    /* Sets the arithmetic of the GEMMs from now on; 0 when this backend has
+     * no such mode (the CPU runs fp32 only). */
+    int (*set_matmul_precision)(tfm_matmul_precision p);
 
     /* ---- memory ---- */
     /* `bytes` of zero-filled memory; NULL when out of memory. */
@@ -97,6 +107,10 @@ const tfm_backend *tfm_backend_cpu(void);
 /* The backend called `name`: "cpu" (also for NULL) or "cuda". On failure
  * TFM_ERR_INVALID with the reason ("device cuda: no CUDA device ..."). */
 tfm_status tfm_backend_select(const char *name, const tfm_backend **out);
+
+/* Sets be's GEMM arithmetic by name: "fp32", "tf32" or "bf16". TFM_ERR_INVALID
+ * for another name or a mode the backend does not have. */
+tfm_status tfm_backend_set_precision(const tfm_backend *be, const char *name);
 
 /* n floats of the backend's memory p, readable on the host: p itself on a
  * host-memory backend (*owned = NULL), otherwise a downloaded copy in a new

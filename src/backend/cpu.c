@@ -16,6 +16,7 @@ static void cpu_zero(void *dst, size_t bytes) {
     if (bytes) memset(dst, 0, bytes);
 }
 static void cpu_sync(void) {}
+static int cpu_set_matmul_precision(tfm_matmul_precision p) { return p == TFM_MATMUL_FP32; }
 static void cpu_copy_rows(float *dst, long dst_row, const float *src, long src_row, size_t width, int rows) {
     for (int r = 0; r < rows; r++) memmove(dst + r * dst_row, src + r * src_row, width * sizeof *dst);
 }
@@ -32,6 +33,7 @@ static const tfm_backend cpu_backend = {
     .name = "cpu",
     .supports = cpu_supports,
     .host_memory = 1,
+    .set_matmul_precision = cpu_set_matmul_precision,
     .alloc = cpu_alloc,
     .free = cpu_free,
     .upload = cpu_copy,

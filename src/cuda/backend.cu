@@ -142,6 +142,7 @@ static void fill_table(tfm_backend *t) {
     t->name = "cuda";
     t->supports = cu_supports;
     t->host_memory = 0;
+    t->set_matmul_precision = tfm_cuda_set_matmul_precision;
     t->alloc = cu_alloc;
     t->free = cu_free;
     t->upload = cu_upload;

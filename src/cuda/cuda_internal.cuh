@@ -174,6 +174,7 @@ void tfm_cuda_add(float *y, const float *x, size_t n);
 void tfm_cuda_adam_update(const tfm_adam_coefs *c, float *param, const float *grad, float *m, float *v,
                           size_t n);
 /* gemm.cu */
+int tfm_cuda_set_matmul_precision(tfm_matmul_precision p);
 void tfm_cuda_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                    const float *B, int ldb, float beta, float *C, int ldc);
 void tfm_cuda_linear_forward(float *out, const float *in, const float *w, const float *b, int N, int n_in,

@@ -6,9 +6,12 @@
  *   linear:  in [N, I]   w [O, I]   b [O]   out [N, O]   (I = n_in, O = n_out)
  *   bgemm:   the same product for every (batch, head) pair of a [B, T, H*dk] layout
  *
- * fp32 parity: cuBLASLt runs with CUBLAS_COMPUTE_32F, never the TF32 modes
- * (which would round operands to 10 mantissa bits and miss the 1e-4
- * tolerance against the CPU).
+ * Precision: by default cuBLASLt runs with CUBLAS_COMPUTE_32F, never the
+ * TF32 modes (which round operands to 10 mantissa bits and miss the 1e-4
+ * tolerance against the CPU). tfm_cuda_set_matmul_precision switches to
+ * CUBLAS_COMPUTE_32F_FAST_TF32 or _FAST_16BF: fp32 storage, operands rounded
+ * to tf32 / bf16 inside cuBLASLt, tensor cores, fp32 accumulation. The
+ * attention products (bgemm) stay fp32.
  *
  * Row-major through a column-major library: a row-major X with row stride ld
  * is, read column-major with the same ld, X^T. So C = op(A) op(B) row-major is
@@ -120,6 +123,7 @@ void tfm_cuda_bgemm(const tfm_cuda_bgemm_args *g) {
 
 typedef struct gemm_plan {
     int used;
+    cublasComputeType_t compute;
     int ta, tb, M, N, K, lda, ldb, ldc;
     unsigned align_a, align_b, align_c;
     int has_algo; /* 0: cuBLASLt found none; run bgemm */
@@ -130,6 +134,16 @@ typedef struct gemm_plan {
 
 #define PLAN_CACHE 128
 static gemm_plan g_plans[PLAN_CACHE];
+static cublasComputeType_t g_compute = CUBLAS_COMPUTE_32F;
+
+int tfm_cuda_set_matmul_precision(tfm_matmul_precision p) {
+    switch (p) {
+    case TFM_MATMUL_FP32: g_compute = CUBLAS_COMPUTE_32F; return 1;
+    case TFM_MATMUL_TF32: g_compute = CUBLAS_COMPUTE_32F_FAST_TF32; return 1;
+    case TFM_MATMUL_BF16: g_compute = CUBLAS_COMPUTE_32F_FAST_16BF; return 1;
+    }
+    return 0;
+}
 static int g_plan_next; /* round-robin eviction */
 
 /* The largest power of two (4 to 16) that divides the address: cuBLASLt
@@ -157,7 +171,7 @@ static gemm_plan *plan_get(int ta, int tb, int M, int N, int K, int lda, int ldb
                            unsigned ab, unsigned ac) {
     for (int i = 0; i < PLAN_CACHE; i++) {
         gemm_plan *p = &g_plans[i];
-        if (p->used && p->ta == ta && p->tb == tb && p->M == M && p->N == N && p->K == K && p->lda == lda &&
+        if (p->used && p->compute == g_compute && p->ta == ta && p->tb == tb && p->M == M && p->N == N && p->K == K && p->lda == lda &&
             p->ldb == ldb && p->ldc == ldc && p->align_a == aa && p->align_b == ab && p->align_c == ac)
             return p;
     }
@@ -167,10 +181,11 @@ static gemm_plan *plan_get(int ta, int tb, int M, int N, int K, int lda, int ldb
     memset(p, 0, sizeof *p);
     p->ta = ta, p->tb = tb, p->M = M, p->N = N, p->K = K, p->lda = lda, p->ldb = ldb, p->ldc = ldc;
     p->align_a = aa, p->align_b = ab, p->align_c = ac;
+    p->compute = g_compute;
 
     /* Column-major view (see the top of the file): m = N, n = M; "A" = our B, "B" = our A. */
     cublasOperation_t op_a = tb ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
-    TFM_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    TFM_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, g_compute, CUDA_R_32F));
     TFM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a));
     TFM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b));
     /* Column-major shapes (rows x cols) of what is stored: our B, row-major

@@ -225,6 +225,7 @@ static tfm_status setup_model(run_state *rs, long *start_step) {
     }
     const tfm_backend *be;
     TFM_TRY(tfm_backend_select(o->device, &be));
+    if (o->precision) TFM_TRY(tfm_backend_set_precision(be, o->precision));
     TFM_TRY(tfm_model_to_backend(&rs->model, be));
     tfm_corpus_shape a = tfm_corpus_max_shape(rs->train);
     if (rs->valid) {

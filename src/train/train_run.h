@@ -44,6 +44,7 @@ typedef struct tfm_train_opts {
     int bleu_sentences;                 /* validation sentences decoded for BLEU; 0 = all, -1 = none */
     uint64_t seed;                      /* initialisation, dropout and shuffling: 1 */
     const char *device;                 /* "cpu" (default, also NULL) or "cuda" */
+    const char *precision;              /* GEMM arithmetic: "fp32" (default, also NULL), "tf32", "bf16" */
     int resume;
     int progress;                       /* 1: one line updated in place (a terminal) */
     FILE *log;                          /* where progress goes (stderr) */
