@@ -37,6 +37,8 @@ static void usage_learn(FILE *out) {
             "\n"
             "  --vocab-size N       total vocabulary, 260 reserved ids included (default 8000)\n"
             "  -o, --output FILE    where to write the model (required)\n"
+            "  --format N           model format: 2 never merges across letters, digits and punctuation;\n"
+            "                       1 splits at whitespace only (the format of older models) (default 2)\n"
             "  --min-frequency N    never merge a pair seen fewer than N times (default 2)\n"
             "  --char-coverage F    share of the text's characters kept; rarer ones become bytes "
             "(default 0.9999)\n"
@@ -132,6 +134,9 @@ static int parse(const char *cmd, int argc, char **argv, bpe_options *o, void (*
         if (learn && IS("--vocab-size")) {
             if (!(v = flag_value(cmd, argc, argv, &i, eq))) return 2;
             if (!parse_int(v, &o->params.vocab_size)) goto bad_value;
+        } else if (learn && IS("--format")) {
+            if (!(v = flag_value(cmd, argc, argv, &i, eq))) return 2;
+            if (!parse_int(v, &o->params.version)) goto bad_value;
         } else if (learn && IS("--min-frequency")) {
             if (!(v = flag_value(cmd, argc, argv, &i, eq))) return 2;
             if (!parse_int(v, &o->params.min_frequency)) goto bad_value;
