@@ -12,7 +12,7 @@
 
 #include "core/rng.h"
 
-void OPFN(tfm_activation_forward)(real *out, const real *in, size_t n, tfm_act_kind kind) {
+TFM_CLONES void OPFN(tfm_activation_forward)(real *out, const real *in, size_t n, tfm_act_kind kind) {
     if (kind == TFM_OP_RELU) {
 #pragma omp parallel for simd schedule(static)
         for (size_t i = 0; i < n; i++) out[i] = in[i] > 0 ? in[i] : 0;
@@ -25,7 +25,7 @@ void OPFN(tfm_activation_forward)(real *out, const real *in, size_t n, tfm_act_k
     }
 }
 
-void OPFN(tfm_activation_backward)(real *din, const real *dout, const real *in, size_t n,
+TFM_CLONES void OPFN(tfm_activation_backward)(real *din, const real *dout, const real *in, size_t n,
                                    tfm_act_kind kind) {
     if (kind == TFM_OP_RELU) {
 #pragma omp parallel for simd schedule(static)
@@ -41,7 +41,7 @@ void OPFN(tfm_activation_backward)(real *din, const real *dout, const real *in, 
     }
 }
 
-void OPFN(tfm_dropout)(real *out, const real *in, size_t n, float p, uint64_t seed,
+TFM_CLONES void OPFN(tfm_dropout)(real *out, const real *in, size_t n, float p, uint64_t seed,
                        uint64_t stream) {
     if (p <= 0) {
         if (out != in)
@@ -54,7 +54,7 @@ void OPFN(tfm_dropout)(real *out, const real *in, size_t n, float p, uint64_t se
         out[i] = tfm_rng_uniform(seed, stream, i) >= p ? in[i] * scale : 0;
 }
 
-void OPFN(tfm_residual_dropout)(real *out, const real *x, const real *y, size_t n, float p,
+TFM_CLONES void OPFN(tfm_residual_dropout)(real *out, const real *x, const real *y, size_t n, float p,
                                 uint64_t seed, uint64_t stream) {
     if (p <= 0) {
 #pragma omp parallel for simd schedule(static)

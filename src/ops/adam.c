@@ -60,12 +60,12 @@ float tfm_global_norm(const float *x, size_t n) {
     return (float)sqrt(total);
 }
 
-void tfm_scale(float *x, size_t n, float s) {
+TFM_CLONES_F32 void tfm_scale(float *x, size_t n, float s) {
     TFM_OMP(parallel for simd schedule(static) if(n >= PAR_MIN))
     for (size_t i = 0; i < n; i++) x[i] = x[i] * s;
 }
 
-void tfm_add(float *y, const float *x, size_t n) {
+TFM_CLONES_F32 void tfm_add(float *y, const float *x, size_t n) {
     TFM_OMP(parallel for simd schedule(static) if(n >= PAR_MIN))
     for (size_t i = 0; i < n; i++) y[i] += x[i];
 }
@@ -83,7 +83,7 @@ static inline float madd(float a, float b, float c) {
 #endif
 }
 
-void tfm_adam_update(const tfm_adam_coefs *c, float *param, const float *grad, float *m, float *v,
+TFM_CLONES_F32 void tfm_adam_update(const tfm_adam_coefs *c, float *param, const float *grad, float *m, float *v,
                      size_t n) {
     const float b1 = c->beta1, b2 = c->beta2, a1 = c->one_minus_beta1, a2 = c->one_minus_beta2;
     const float eps = c->eps, neg_step = c->neg_step, bc2_sqrt = c->bc2_sqrt, decay = c->decay, l2 = c->l2;

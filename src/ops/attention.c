@@ -58,7 +58,7 @@ void OPFN(tfm_attention_forward)(real *out, real *probs, real *scratch, const re
             }
             real sum = 0;
             for (int j = 0; j < d->Tk; j++) {
-                real e = (any && !key_masked(d, b, i, j)) ? R_EXP(row[j] - mx) : 0;
+                real e = (any && !key_masked(d, b, i, j)) ? R_VEXP(row[j] - mx) : 0;
                 row[j] = e;
                 sum += e;
             }

@@ -13,7 +13,7 @@
 #include <omp.h>
 #endif
 
-void OPFN(tfm_layernorm_forward)(real *out, real *mean, real *rstd, const real *in, const real *w,
+TFM_CLONES void OPFN(tfm_layernorm_forward)(real *out, real *mean, real *rstd, const real *in, const real *w,
                                  const real *b, int N, int D, real eps) {
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
@@ -32,7 +32,7 @@ void OPFN(tfm_layernorm_forward)(real *out, real *mean, real *rstd, const real *
     }
 }
 
-void OPFN(tfm_layernorm_backward)(real *din, real *dw, real *db, const real *dout, const real *in,
+TFM_CLONES void OPFN(tfm_layernorm_backward)(real *din, real *dw, real *db, const real *dout, const real *in,
                                   const real *mean, const real *rstd, const real *w, int N, int D,
                                   int accumulate) {
     /* dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dout * w */
