@@ -156,6 +156,44 @@ static void test_memory(void) {
     free(x), free(y);
 }
 
+/* Row ops of decoding: strided row copies (the KV-cache append), gathers
+ * (beam reordering) and the argmax of each row (greedy), with ties and
+ * skipped ids; all exact. */
+static void test_rows(void) {
+    int rows = 7, width = 37, src_row = 53, dst_row = 61, V = 1001;
+    size_t ns = (size_t)rows * src_row, nd = (size_t)rows * dst_row;
+    float *src = hrand(ns, -1, 1), *dst = hrand(nd, -1, 1), *dst_ref = hdup(dst, nd);
+    float *d_src = dputf(src, ns), *d_dst = dputf(dst, nd);
+    G->copy_rows(d_dst + 3, dst_row, d_src + 5, src_row, (size_t)width, rows);
+    C->copy_rows(dst_ref + 3, dst_row, src + 5, src_row, (size_t)width, rows);
+    cmp_exact("copy_rows 7 rows of 37 (strides 53 -> 61)", d_dst, dst_ref, nd);
+
+    int32_t from[5] = {6, 0, 3, 3, 1};
+    int32_t *d_from = dput(from, sizeof from);
+    float *g_ref = hfill((size_t)5 * src_row, 0), *d_g = dputf(g_ref, (size_t)5 * src_row);
+    G->gather_rows(d_g, d_src, src_row, (size_t)width, d_from, 5);
+    C->gather_rows(g_ref, src, src_row, (size_t)width, from, 5);
+    cmp_exact("gather_rows 5 of 7 rows (repeats)", d_g, g_ref, (size_t)5 * src_row);
+
+    int N = 9;
+    float *x = hrand((size_t)N * V, -3, 3);
+    x[2 * V + 500] = x[2 * V + 17] = 10.0f;      /* a tie: the lower id wins */
+    x[4 * V + 0] = 50.0f, x[4 * V + 1] = 40.0f;  /* the best ids are skipped */
+    x[4 * V + 999] = 30.0f;
+    x[5 * V + V - 1] = 20.0f;                    /* the last id */
+    float *d_x = dputf(x, (size_t)N * V);
+    int32_t got[9], ref[9], *d_out = G->alloc(sizeof got);
+    G->argmax_rows(d_out, d_x, N, V, 0, 1, -1);
+    C->argmax_rows(ref, x, N, V, 0, 1, -1);
+    G->download(got, d_out, sizeof got);
+    int same = !memcmp(got, ref, sizeof got);
+    CHECK(same && ref[2] == 17 && ref[4] == 999 && ref[5] == V - 1, "argmax_rows: %d %d %d vs %d %d %d", got[2],
+          got[4], got[5], ref[2], ref[4], ref[5]);
+    printf("%-48s %s\n", "argmax_rows 9 x 1001 (ties, skipped ids)", same ? "exact" : "FAIL");
+    G->free(d_src), G->free(d_dst), G->free(d_from), G->free(d_g), G->free(d_x), G->free(d_out);
+    free(src), free(dst), free(dst_ref), free(g_ref), free(x);
+}
+
 /* ---------------------------------------------------- flat buffers, Adam */
 
 static void test_flat(void) {
@@ -766,6 +804,7 @@ int main(void) {
 
     test_memory();
     test_flat();
+    test_rows();
     test_gemm();
     test_gemm_precision();
     test_linear();

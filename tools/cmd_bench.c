@@ -403,20 +403,11 @@ static int run_train(const bench_opts *o) {
 
 /* ----------------------------------------------------------------- greedy */
 
-/* The most likely token other than pad, bos and eos: masking eos keeps every
- * sentence running to out_len, so both sides decode the same number of
- * tokens whatever the (random) weights say. */
-static int32_t best_non_special(const tfm_config *c, const float *x) {
-    int32_t best = -1;
-    for (int i = 0; i < c->tgt_vocab; i++) {
-        if (i == c->pad_id || i == c->bos_id || i == c->eos_id) continue;
-        if (best < 0 || x[i] > x[best]) best = i;
-    }
-    return best;
-}
-
-/* One greedy decode of src [B, S]: tfm_decoder_start (encoder, cross K/V),
- * then out_len tfm_decoder_step calls, each followed by an argmax per row. */
+/* One greedy decode of src [B, S]. Each step takes the most likely token
+ * other than pad, bos and eos: masking eos keeps every sentence running to
+ * out_len, so both sides decode the same number of tokens whatever the
+ * (random) weights say. tfm_decoder_start (encoder, cross K/V), then out_len
+ * tfm_decoder_step calls, each followed by the argmax of every row. */
 static tfm_status greedy_once(tfm_decoder *d, const int32_t *src, int B, int S, int out_len, int32_t *tok,
                               int32_t *out) {
     const tfm_config *c = &d->m->cfg;
@@ -425,10 +416,8 @@ static tfm_status greedy_once(tfm_decoder *d, const int32_t *src, int B, int S, 
     for (int r = 0; r < B; r++) tok[r] = c->bos_id;
     for (int t = 0; t < out_len; t++) {
         if ((st = tfm_decoder_step(d, tok)) != TFM_OK) return st;
-        for (int r = 0; r < B; r++) {
-            tok[r] = best_non_special(c, d->logits + (size_t)r * c->tgt_vocab);
-            out[(size_t)r * out_len + t] = tok[r];
-        }
+        tfm_decoder_argmax(d, c->pad_id, c->bos_id, c->eos_id, tok);
+        for (int r = 0; r < B; r++) out[(size_t)r * out_len + t] = tok[r];
     }
     return TFM_OK;
 }

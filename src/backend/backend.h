@@ -58,6 +58,10 @@ typedef struct tfm_backend {
      * (floats; from[n] is backend memory; dst and src do not overlap; beam
      * search reordering the KV cache). */
     void (*gather_rows)(float *dst, const float *src, long row, size_t width, const int32_t *from, int n);
+    /* out[n] = the v < V with the largest x[n, v], skipping the ids skip_a,
+     * skip_b and skip_c (-1: none); the lowest such v on ties. out[N] is
+     * backend memory (greedy decoding without bringing the logits back). */
+    void (*argmax_rows)(int32_t *out, const float *x, int N, int V, int skip_a, int skip_b, int skip_c);
 
     /* ---- flat buffers (optimizer, residual sums): src/ops/adam.c ---- */
     float (*global_norm)(const float *x, size_t n);   /* sqrt(sum x^2); waits */

@@ -20,6 +20,17 @@ static int cpu_set_matmul_precision(tfm_matmul_precision p) { return p == TFM_MA
 static void cpu_copy_rows(float *dst, long dst_row, const float *src, long src_row, size_t width, int rows) {
     for (int r = 0; r < rows; r++) memmove(dst + r * dst_row, src + r * src_row, width * sizeof *dst);
 }
+static void cpu_argmax_rows(int32_t *out, const float *x, int N, int V, int skip_a, int skip_b, int skip_c) {
+    for (int n = 0; n < N; n++) {
+        const float *row = x + (size_t)n * V;
+        int32_t best = -1;
+        for (int v = 0; v < V; v++) {
+            if (v == skip_a || v == skip_b || v == skip_c) continue;
+            if (best < 0 || row[v] > row[best]) best = v;
+        }
+        out[n] = best;
+    }
+}
 static void cpu_gather_rows(float *dst, const float *src, long row, size_t width, const int32_t *from, int n) {
     for (int r = 0; r < n; r++) memcpy(dst + r * row, src + from[r] * row, width * sizeof *dst);
 }
@@ -43,6 +54,7 @@ static const tfm_backend cpu_backend = {
     .sync = cpu_sync,
     .copy_rows = cpu_copy_rows,
     .gather_rows = cpu_gather_rows,
+    .argmax_rows = cpu_argmax_rows,
     .global_norm = tfm_global_norm,
     .scale = tfm_scale,
     .add = tfm_add,

@@ -118,6 +118,43 @@ __global__ void gather_rows_kernel(float *dst, const float *src, long row, size_
         d[i] = s[i];
 }
 
+/* One block per row: each thread keeps its best (value, index), then a tree
+ * in shared memory; ties go to the lower index, as on the CPU. */
+__global__ void argmax_rows_kernel(int32_t *out, const float *x, int V, int sa, int sb, int sc) {
+    __shared__ float val[TFM_CUDA_THREADS];
+    __shared__ int idx[TFM_CUDA_THREADS];
+    const float *row = x + (size_t)blockIdx.x * V;
+    float bv = 0.0f;
+    int bi = -1;
+    for (int v = threadIdx.x; v < V; v += blockDim.x) {
+        if (v == sa || v == sb || v == sc) continue;
+        float f = row[v];
+        if (bi < 0 || f > bv) bv = f, bi = v; /* v grows: the first maximum stays */
+    }
+    val[threadIdx.x] = bv;
+    idx[threadIdx.x] = bi;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) {
+            float ov = val[threadIdx.x + s];
+            int oi = idx[threadIdx.x + s];
+            int mi = idx[threadIdx.x];
+            if (oi >= 0 && (mi < 0 || ov > val[threadIdx.x] || (ov == val[threadIdx.x] && oi < mi))) {
+                val[threadIdx.x] = ov;
+                idx[threadIdx.x] = oi;
+            }
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[blockIdx.x] = idx[0];
+}
+
+static void cu_argmax_rows(int32_t *out, const float *x, int N, int V, int skip_a, int skip_b, int skip_c) {
+    if (N <= 0) return;
+    argmax_rows_kernel<<<(unsigned)N, TFM_CUDA_THREADS, 0, g_stream>>>(out, x, V, skip_a, skip_b, skip_c);
+    TFM_CUDA_LAUNCHED();
+}
+
 static void cu_gather_rows(float *dst, const float *src, long row, size_t width, const int32_t *from, int n) {
     if (!width || n <= 0) return;
     unsigned bx = tfm_cuda_blocks(width, TFM_CUDA_THREADS);
@@ -152,6 +189,7 @@ static void fill_table(tfm_backend *t) {
     t->sync = cu_sync;
     t->copy_rows = cu_copy_rows;
     t->gather_rows = cu_gather_rows;
+    t->argmax_rows = cu_argmax_rows;
     t->global_norm = tfm_cuda_global_norm;
     t->scale = tfm_cuda_scale;
     t->add = tfm_cuda_add;

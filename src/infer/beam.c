@@ -296,8 +296,8 @@ tfm_status tfm_beam_search_stats(tfm_decoder *d, const int32_t *src, int B, int 
         if ((st = tfm_decoder_step(d, s.tok_in)) != TFM_OK) break;
         stats->steps++;
         stats->row_steps += rows;
-        /* On the host: d->logits is the host copy of the step's logits. */
-        tfm_log_softmax(s.logp, d->logits, rows, V);
+        /* On the host, over the step's logits (downloaded from a device). */
+        tfm_log_softmax(s.logp, tfm_decoder_logits(d), rows, V);
         int new_act = 0;
         for (int i = 0; i < n_act; i++) {
             int b = s.act[i];

@@ -84,6 +84,7 @@ tfm_status tfm_decoder_init(tfm_decoder *d, const tfm_model *m, int max_B, int m
     d->pos = be->alloc((size_t)max_B * sizeof *d->pos);
     d->tokens = be->alloc((size_t)max_B * sizeof *d->tokens);
     d->rows = be->alloc((size_t)max_B * sizeof *d->rows);
+    d->best = be->alloc((size_t)max_B * sizeof *d->best);
     d->host_self_pad = calloc((size_t)max_B * max_T, 1);
     d->host_src_pad = calloc((size_t)max_B * (d->max_S + 1), 1);
     d->host_pos = calloc((size_t)max_B, sizeof *d->host_pos);
@@ -91,7 +92,7 @@ tfm_status tfm_decoder_init(tfm_decoder *d, const tfm_model *m, int max_B, int m
     if (d->k_cache && d->v_cache && d->cross_kv) carve(&count, d);
     d->mem = count.used ? be->alloc(count.used * sizeof(float)) : NULL;
     d->logits = be->host_memory ? NULL : malloc((size_t)max_B * cfg->tgt_vocab * sizeof *d->logits);
-    if (!d->k_cache || !d->v_cache || !d->cross_kv || !d->self_pad || !d->pos || !d->tokens || !d->rows ||
+    if (!d->k_cache || !d->v_cache || !d->cross_kv || !d->self_pad || !d->pos || !d->tokens || !d->rows || !d->best ||
         !d->host_self_pad || !d->host_src_pad || !d->host_pos || !d->mem || (!be->host_memory && !d->logits)) {
         tfm_decoder_free(d);
         return tfm_error(TFM_ERR_NOMEM, "decoder: out of memory for the KV cache of %d x %d x %d", max_B,
@@ -114,6 +115,7 @@ void tfm_decoder_free(tfm_decoder *d) {
         be->free(d->pos);
         be->free(d->tokens);
         be->free(d->rows);
+        be->free(d->best);
         be->free(d->mem);
         if (!be->host_memory) free(d->logits);
     }
@@ -258,7 +260,7 @@ tfm_status tfm_decoder_step(tfm_decoder *d, const int32_t *tokens) {
         top = d->top;
     }
     m->be->linear_forward(d->dev_logits, top, m->w.generator, NULL, B, D, cfg->tgt_vocab);
-    if (!be->host_memory) be->download(d->logits, d->dev_logits, (size_t)B * cfg->tgt_vocab * sizeof *d->logits);
+    d->logits_on_host = be->host_memory;
     for (int b = 0; b < B; b++)
         if (tokens[b] != cfg->pad_id) d->host_pos[b]++;
     d->step++;
@@ -314,6 +316,20 @@ tfm_status tfm_decoder_reorder(tfm_decoder *d, const int *from, int n_rows) {
     return TFM_OK;
 }
 
+const float *tfm_decoder_logits(tfm_decoder *d) {
+    if (!d->logits_on_host) {
+        d->m->be->download(d->logits, d->dev_logits, (size_t)d->B * d->m->cfg.tgt_vocab * sizeof *d->logits);
+        d->logits_on_host = 1;
+    }
+    return d->logits;
+}
+
+void tfm_decoder_argmax(tfm_decoder *d, int skip_a, int skip_b, int skip_c, int32_t *out) {
+    const tfm_backend *be = d->m->be;
+    be->argmax_rows(d->best, d->dev_logits, d->B, d->m->cfg.tgt_vocab, skip_a, skip_b, skip_c);
+    be->download(out, d->best, (size_t)d->B * sizeof *out);
+}
+
 static int32_t argmax(const float *x, int n) {
     int32_t best = 0;
     for (int i = 1; i < n; i++)
@@ -366,7 +382,9 @@ tfm_status tfm_greedy_translate(tfm_decoder *d, const int32_t *src, int B, int S
     tfm_status st = TFM_OK;
     for (int t = 0; t < max_len; t++) {
         if ((st = tfm_decoder_step(d, tok)) != TFM_OK) break;
-        for (int b = 0; b < B; b++) tok[b] = best_token(cfg, d->logits + (size_t)b * cfg->tgt_vocab);
+        /* The most likely token that may be emitted: never pad or bos (as
+         * fairseq), so a generated token is never mistaken for padding. */
+        tfm_decoder_argmax(d, cfg->pad_id, cfg->bos_id, -1, tok);
         if (!record(cfg, tok, B, t, max_len, out, lengths, done)) break;
     }
     free(tok);
@@ -402,7 +420,7 @@ tfm_status tfm_generate(tfm_decoder *d, const int32_t *prompts, int B, int P, in
     tfm_rng_init(&rng, seed, 7);
     for (int t = 0; t < max_new && st == TFM_OK; t++) {
         for (int b = 0; b < B; b++) {
-            const float *lg = d->logits + (size_t)b * V;
+            const float *lg = tfm_decoder_logits(d) + (size_t)b * V;
             if (temperature <= 0) {
                 tok[b] = best_token(cfg, lg);
                 continue;

@@ -34,13 +34,16 @@ typedef struct tfm_decoder {
     int32_t *pos;             /* [B] position of each row's next token */
     int32_t *tokens;          /* [B] this step's tokens */
     int32_t *rows;            /* [B] reorder source rows */
+    int32_t *best;            /* [B] argmax results */
     float *mem;               /* one allocation for caches and scratch */
     float *gather_tmp;        /* [B, the longest cache row] for reordering */
     /* one step's scratch */
     float *x, *ln, *mean, *rstd, *res, *qkv, *att, *proj, *ffn, *probs, *top;
     float *dev_logits;        /* [B, V] the last step's logits */
     /* On the host: */
-    float *logits;            /* [B, V] the last step's logits (dev_logits itself on the CPU) */
+    float *logits;            /* [B, V] the last step's logits (dev_logits itself on the CPU);
+                                 on a device, valid after tfm_decoder_logits */
+    int logits_on_host;       /* logits holds this step's values */
     uint8_t *host_self_pad;   /* [B, Tm] mirror of self_pad */
     uint8_t *host_src_pad;    /* [B, S] the source padding mask */
     int32_t *host_pos;        /* [B] mirror of pos */
@@ -59,6 +62,15 @@ tfm_status tfm_decoder_start(tfm_decoder *d, const int32_t *src, int B, int S);
 /* Feeds one token per row (tokens [B]) at the next position and computes
  * d->logits [B, V] for the token after it. */
 tfm_status tfm_decoder_step(tfm_decoder *d, const int32_t *tokens);
+
+/* The last step's logits [B, V], readable on the host: downloaded from a
+ * device backend at the first call after a step (d->logits itself on the CPU). */
+const float *tfm_decoder_logits(tfm_decoder *d);
+
+/* out[B] (host) = each row's most likely next token after the last step,
+ * never skip_a, skip_b or skip_c (-1: none), the lowest id on ties. Runs on
+ * the backend: only B ids come back from a device. */
+void tfm_decoder_argmax(tfm_decoder *d, int skip_a, int skip_b, int skip_c, int32_t *out);
 
 /* Reorders the rows of every cache: new row r takes old row from[r] (beam
  * search). B may shrink to n_rows. */
