@@ -27,7 +27,7 @@ else
     "$cli" train --train-src "$data/train.es" --train-tgt "$data/train.en" \
         --valid-src "$data/dev.es" --valid-tgt "$data/dev.en" --model-dir "$model" \
         --d-model 256 --heads 4 --d-ff 1024 --enc-layers 3 --dec-layers 3 --vocab-size 8000 \
-        --max-len 100 --batch-tokens 4096 --warmup 250 --valid-every 200 --bleu-sentences 200 \
+        --max-len 100 --batch-tokens 4096 --warmup 800 --valid-every 200 --bleu-sentences 200 \
         --max-time "${minutes}m" --no-progress --log-every 25
 fi
 

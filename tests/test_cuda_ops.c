@@ -190,6 +190,24 @@ static void test_rows(void) {
     CHECK(same && ref[2] == 17 && ref[4] == 999 && ref[5] == V - 1, "argmax_rows: %d %d %d vs %d %d %d", got[2],
           got[4], got[5], ref[2], ref[4], ref[5]);
     printf("%-48s %s\n", "argmax_rows 9 x 1001 (ties, skipped ids)", same ? "exact" : "FAIL");
+    /* Beam candidates: the k best ids (pad 0 and bos 1 skipped) and their
+     * log-probabilities; ids exact (distinct random values), values within
+     * 1e-5 (the GPU sums the row's exp in another order). */
+    int K = 8;
+    int32_t *ids = malloc((size_t)N * K * sizeof *ids), *gids = malloc((size_t)N * K * sizeof *gids);
+    float *vals = malloc((size_t)N * K * sizeof *vals);
+    int32_t *d_ids = G->alloc((size_t)N * K * sizeof *d_ids);
+    float *d_vals = G->alloc((size_t)N * K * sizeof *d_vals);
+    G->topk_logprobs(d_ids, d_vals, d_x, N, V, K, 0, 1);
+    C->topk_logprobs(ids, vals, x, N, V, K, 0, 1);
+    G->download(gids, d_ids, (size_t)N * K * sizeof *gids);
+    int same_ids = !memcmp(ids, gids, (size_t)N * K * sizeof *ids);
+    CHECK(same_ids && ids[2 * K] == 17 && ids[2 * K + 1] == 500, "topk_logprobs: ids differ");
+    printf("%-48s %s\n", "topk_logprobs 9 x 1001, k 8: ids", same_ids ? "exact" : "FAIL");
+    float *gvals = dget(d_vals, (size_t)N * K);
+    tfm_test_close("topk_logprobs 9 x 1001, k 8: log-probabilities", gvals, vals, (size_t)N * K, 1e-5);
+    free(ids), free(gids), free(vals), free(gvals);
+    G->free(d_ids), G->free(d_vals);
     G->free(d_src), G->free(d_dst), G->free(d_from), G->free(d_g), G->free(d_x), G->free(d_out);
     free(src), free(dst), free(dst_ref), free(g_ref), free(x);
 }

@@ -62,6 +62,9 @@ typedef struct tfm_backend {
      * skip_b and skip_c (-1: none); the lowest such v on ties. out[N] is
      * backend memory (greedy decoding without bringing the logits back). */
     void (*argmax_rows)(int32_t *out, const float *x, int N, int V, int skip_a, int skip_b, int skip_c);
+    /* tfm_topk_logprobs (ops.h): each row's k best ids and log-probabilities
+     * (beam search: only N x k candidates leave a device, not N x V logits). */
+    void (*topk_logprobs)(int32_t *ids, float *vals, const float *x, int N, int V, int k, int skip_a, int skip_b);
 
     /* ---- flat buffers (optimizer, residual sums): src/ops/adam.c ---- */
     float (*global_norm)(const float *x, size_t n);   /* sqrt(sum x^2); waits */

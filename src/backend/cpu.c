@@ -55,6 +55,7 @@ static const tfm_backend cpu_backend = {
     .copy_rows = cpu_copy_rows,
     .gather_rows = cpu_gather_rows,
     .argmax_rows = cpu_argmax_rows,
+    .topk_logprobs = tfm_topk_logprobs,
     .global_norm = tfm_global_norm,
     .scale = tfm_scale,
     .add = tfm_add,

@@ -155,6 +155,80 @@ static void cu_argmax_rows(int32_t *out, const float *x, int N, int V, int skip_
     TFM_CUDA_LAUNCHED();
 }
 
+/* Beam candidates: one block per row. The row's log-sum-exp (max, then the
+ * sum of exp), then k rounds of a block argmax over the ids not yet taken
+ * (k = 2 x beam is small; each round rescans the row, which stays in L2). */
+__device__ static void block_best(float *sv, int *si, float v, int i) {
+    sv[threadIdx.x] = v;
+    si[threadIdx.x] = i;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) {
+            float ov = sv[threadIdx.x + s];
+            int oi = si[threadIdx.x + s], mi = si[threadIdx.x];
+            if (oi >= 0 && (mi < 0 || ov > sv[threadIdx.x] || (ov == sv[threadIdx.x] && oi < mi))) {
+                sv[threadIdx.x] = ov;
+                si[threadIdx.x] = oi;
+            }
+        }
+        __syncthreads();
+    }
+}
+
+__global__ void topk_logprobs_kernel(int32_t *ids, float *vals, const float *x, int V, int k, int sa, int sb) {
+    extern __shared__ int taken[]; /* [k] */
+    __shared__ float sv[TFM_CUDA_THREADS];
+    __shared__ int si[TFM_CUDA_THREADS];
+    const float *row = x + (size_t)blockIdx.x * V;
+    float m = -INFINITY;
+    for (int v = threadIdx.x; v < V; v += blockDim.x) m = fmaxf(m, row[v]);
+    sv[threadIdx.x] = m;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) sv[threadIdx.x] = fmaxf(sv[threadIdx.x], sv[threadIdx.x + s]);
+        __syncthreads();
+    }
+    float mx = sv[0];
+    __syncthreads();
+    float sum = 0.0f;
+    for (int v = threadIdx.x; v < V; v += blockDim.x) sum += expf(row[v] - mx);
+    sv[threadIdx.x] = sum;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) sv[threadIdx.x] += sv[threadIdx.x + s];
+        __syncthreads();
+    }
+    float lse = mx + logf(sv[0]);
+    __syncthreads();
+    for (int j = 0; j < k; j++) {
+        float bv = 0.0f;
+        int bi = -1;
+        for (int v = threadIdx.x; v < V; v += blockDim.x) {
+            if (v == sa || v == sb) continue;
+            int used = 0;
+            for (int c = 0; c < j; c++) used |= taken[c] == v;
+            if (used) continue;
+            float f = row[v];
+            if (bi < 0 || f > bv) bv = f, bi = v;
+        }
+        block_best(sv, si, bv, bi);
+        if (threadIdx.x == 0) {
+            taken[j] = si[0];
+            ids[(size_t)blockIdx.x * k + j] = si[0];
+            vals[(size_t)blockIdx.x * k + j] = sv[0] - lse;
+        }
+        __syncthreads();
+    }
+}
+
+static void cu_topk_logprobs(int32_t *ids, float *vals, const float *x, int N, int V, int k, int skip_a,
+                             int skip_b) {
+    if (N <= 0 || k <= 0) return;
+    topk_logprobs_kernel<<<(unsigned)N, TFM_CUDA_THREADS, (size_t)k * sizeof(int), g_stream>>>(ids, vals, x, V, k,
+                                                                                            skip_a, skip_b);
+    TFM_CUDA_LAUNCHED();
+}
+
 static void cu_gather_rows(float *dst, const float *src, long row, size_t width, const int32_t *from, int n) {
     if (!width || n <= 0) return;
     unsigned bx = tfm_cuda_blocks(width, TFM_CUDA_THREADS);
@@ -190,6 +264,7 @@ static void fill_table(tfm_backend *t) {
     t->copy_rows = cu_copy_rows;
     t->gather_rows = cu_gather_rows;
     t->argmax_rows = cu_argmax_rows;
+    t->topk_logprobs = cu_topk_logprobs;
     t->global_norm = tfm_cuda_global_norm;
     t->scale = tfm_cuda_scale;
     t->add = tfm_cuda_add;

@@ -73,7 +73,12 @@ typedef struct search {
     double *score_new;
     int32_t *hist;       /* [B*beam, Lcap] tokens of slot (b, k) */
     int32_t *hist_new;
-    float *logp;         /* [B*beam, V] */
+    int K;               /* candidates kept per row: 2*beam (at most V - 2) */
+    const tfm_backend *be;
+    int32_t *top_ids;    /* [B*beam, K] each row's best tokens, on the host */
+    float *top_vals;     /* [B*beam, K] their log-probabilities */
+    int32_t *dev_ids;    /* the same in the backend's memory (== the host ones on the CPU) */
+    float *dev_vals;
     cand *cands;         /* [2*beam] */
     int *parent;         /* [beam] slot of each new live beam's parent */
     pool_entry *pool;    /* [B*beam] */
@@ -90,7 +95,14 @@ static void search_free(search *s) {
     free(s->score_new);
     free(s->hist);
     free(s->hist_new);
-    free(s->logp);
+    if (s->be && !s->be->host_memory) {
+        free(s->top_ids);
+        free(s->top_vals);
+    }
+    if (s->be) {
+        s->be->free(s->dev_ids);
+        s->be->free(s->dev_vals);
+    }
     free(s->cands);
     free(s->parent);
     free(s->pool);
@@ -98,8 +110,10 @@ static void search_free(search *s) {
     free(s->pool_n);
 }
 
-static tfm_status search_alloc(search *s, int B, int beam, int V, int Lcap) {
+static tfm_status search_alloc(search *s, const tfm_backend *be, int B, int beam, int V, int Lcap) {
     size_t R = (size_t)B * beam;
+    s->be = be;
+    s->K = 2 * beam < V - 2 ? 2 * beam : V - 2;
     s->B = B;
     s->beam = beam;
     s->V = V;
@@ -112,14 +126,17 @@ static tfm_status search_alloc(search *s, int B, int beam, int V, int Lcap) {
     s->score_new = malloc(R * sizeof *s->score_new);
     s->hist = malloc(R * Lcap * sizeof *s->hist);
     s->hist_new = malloc(R * Lcap * sizeof *s->hist_new);
-    s->logp = malloc(R * V * sizeof *s->logp);
+    s->dev_ids = be->alloc(R * s->K * sizeof *s->dev_ids);
+    s->dev_vals = be->alloc(R * s->K * sizeof *s->dev_vals);
+    s->top_ids = be->host_memory ? s->dev_ids : malloc(R * s->K * sizeof *s->top_ids);
+    s->top_vals = be->host_memory ? s->dev_vals : malloc(R * s->K * sizeof *s->top_vals);
     s->cands = malloc((size_t)2 * beam * sizeof *s->cands);
     s->parent = malloc((size_t)beam * sizeof *s->parent);
     s->pool = malloc(R * sizeof *s->pool);
     s->pool_tok = malloc(R * Lcap * sizeof *s->pool_tok);
     s->pool_n = calloc((size_t)B, sizeof *s->pool_n);
     if (!s->lmax || !s->act || !s->from || !s->tok_in || !s->score || !s->score_new || !s->hist ||
-        !s->hist_new || !s->logp || !s->cands || !s->parent || !s->pool || !s->pool_tok || !s->pool_n)
+        !s->hist_new || !s->dev_ids || !s->dev_vals || !s->top_ids || !s->top_vals || !s->cands || !s->parent || !s->pool || !s->pool_tok || !s->pool_n)
         return tfm_error(TFM_ERR_NOMEM, "beam: out of memory for %d sentences x beam %d x %d tokens", B, beam,
                          Lcap);
     return TFM_OK;
@@ -157,14 +174,18 @@ static double pool_worst(const search *s, int b) {
  * lower slot, then lower token, because those are seen first and a candidate
  * only passes another if strictly better). Returns how many were found. */
 static int top_candidates(search *s, int b, int row0, const tfm_config *cfg) {
-    int cap = 2 * s->beam, n = 0, V = s->V;
+    int cap = 2 * s->beam, n = 0;
     for (int k = 0; k < s->beam; k++) {
         double sk = s->score[(size_t)b * s->beam + k];
         if (sk == -INFINITY) continue;
-        const float *lp = s->logp + (size_t)(row0 + k) * V;
-        for (int v = 0; v < V; v++) {
-            if (v == cfg->pad_id || v == cfg->bos_id) continue;
-            double x = sk + lp[v];
+        const int32_t *ids = s->top_ids + (size_t)(row0 + k) * s->K;
+        const float *lp = s->top_vals + (size_t)(row0 + k) * s->K;
+        /* The row's K best tokens (pad and bos never), best first, lower id
+         * first on ties: the same candidates, in the same order of arrival,
+         * as a scan of the whole row. */
+        for (int j = 0; j < s->K; j++) {
+            int v = ids[j];
+            double x = sk + lp[j];
             if (!(x > -INFINITY)) continue; /* -inf and NaN never enter */
             if (n == cap && !(x > s->cands[n - 1].raw)) continue;
             int pos = n < cap ? n++ : cap - 1;
@@ -273,7 +294,7 @@ tfm_status tfm_beam_search_stats(tfm_decoder *d, const int32_t *src, int B, int 
         if (lmax[b] > Lcap) Lcap = lmax[b];
     }
     search s = {0};
-    tfm_status st = search_alloc(&s, B, beam, V, Lcap);
+    tfm_status st = search_alloc(&s, d->m->be, B, beam, V, Lcap);
     if (st == TFM_OK) {
         memcpy(s.lmax, lmax, (size_t)B * sizeof *lmax);
         st = start(d, &s, src, B, S);
@@ -296,8 +317,13 @@ tfm_status tfm_beam_search_stats(tfm_decoder *d, const int32_t *src, int B, int 
         if ((st = tfm_decoder_step(d, s.tok_in)) != TFM_OK) break;
         stats->steps++;
         stats->row_steps += rows;
-        /* On the host, over the step's logits (downloaded from a device). */
-        tfm_log_softmax(s.logp, tfm_decoder_logits(d), rows, V);
+        /* Each row's K best tokens and log-probabilities, on the backend;
+         * only those come to the host. */
+        s.be->topk_logprobs(s.dev_ids, s.dev_vals, d->dev_logits, rows, V, s.K, cfg->pad_id, cfg->bos_id);
+        if (!s.be->host_memory) {
+            s.be->download(s.top_ids, s.dev_ids, (size_t)rows * s.K * sizeof *s.top_ids);
+            s.be->download(s.top_vals, s.dev_vals, (size_t)rows * s.K * sizeof *s.top_vals);
+        }
         int new_act = 0;
         for (int i = 0; i < n_act; i++) {
             int b = s.act[i];

@@ -78,3 +78,29 @@ TFM_CLONES void OPFN(tfm_log_softmax)(real *out, const real *logits, int N, int 
         for (int v = 0; v < V; v++) y[v] = x[v] - l;
     }
 }
+
+#ifndef TFM_OPS_F64
+void tfm_topk_logprobs(int32_t *ids, float *vals, const float *x, int N, int V, int k, int skip_a, int skip_b) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *row = x + (size_t)n * V;
+        int32_t *id = ids + (size_t)n * k;
+        float *val = vals + (size_t)n * k;
+        int have = 0;
+        for (int v = 0; v < V; v++) { /* insertion into the sorted top k; ids ascend, so ties keep the first */
+            if (v == skip_a || v == skip_b) continue;
+            if (have == k && !(row[v] > val[k - 1])) continue;
+            int pos = have < k ? have++ : k - 1;
+            while (pos > 0 && val[pos - 1] < row[v]) {
+                val[pos] = val[pos - 1];
+                id[pos] = id[pos - 1];
+                pos--;
+            }
+            val[pos] = row[v];
+            id[pos] = v;
+        }
+        float l = row_logsumexp(row, V);
+        for (int j = 0; j < have; j++) val[j] = val[j] - l;
+    }
+}
+#endif
