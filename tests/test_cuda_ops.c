@@ -198,8 +198,8 @@ static void test_rows(void) {
     float *vals = malloc((size_t)N * K * sizeof *vals);
     int32_t *d_ids = G->alloc((size_t)N * K * sizeof *d_ids);
     float *d_vals = G->alloc((size_t)N * K * sizeof *d_vals);
-    G->topk_logprobs(d_ids, d_vals, d_x, N, V, K, 0, 1);
-    C->topk_logprobs(ids, vals, x, N, V, K, 0, 1);
+    G->topk_logprobs(d_ids, d_vals, d_x, N, V, K, 0, 1, 998);
+    C->topk_logprobs(ids, vals, x, N, V, K, 0, 1, 998);
     G->download(gids, d_ids, (size_t)N * K * sizeof *gids);
     int same_ids = !memcmp(ids, gids, (size_t)N * K * sizeof *ids);
     CHECK(same_ids && ids[2 * K] == 17 && ids[2 * K + 1] == 500, "topk_logprobs: ids differ");

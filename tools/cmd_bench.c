@@ -33,7 +33,9 @@
 #endif
 
 #include "cli_util.h"
+#include "core/status.h"
 #include "commands.h"
+#include "infer/beam.h"
 #include "infer/decode.h"
 #include "infer/translate.h"
 #include "model/model.h"
@@ -133,7 +135,9 @@ static void usage(FILE *out) {
             "  --checkpoint FILE          translate: weights instead of DIR/model.safetensors (default none)\n"
             "  --input FILE               translate: source lines (required)\n"
             "  --limit N                  translate: only the first N lines (default 0 = all)\n"
-            "  --beam N                   translate: beam width (default 4)\n"
+            "  --beam N                   translate: beam width (default 4); greedy: > 1 runs beam search\n"
+            "                             of that width instead, eos forbidden so every sentence runs\n"
+            "                             --out-len tokens (default 1)\n"
             "  --batch-sentences N        translate: sentences decoded together (default 64)\n");
 }
 
@@ -165,7 +169,7 @@ static const struct {
     {"--checkpoint", K_TRANSLATE},
     {"--input", K_TRANSLATE},
     {"--limit", K_TRANSLATE},
-    {"--beam", K_TRANSLATE},
+    {"--beam", K_TRANSLATE | K_GREEDY},
     {"--batch-sentences", K_TRANSLATE},
 };
 
@@ -422,15 +426,32 @@ static tfm_status greedy_once(tfm_decoder *d, const int32_t *src, int B, int S, 
     return TFM_OK;
 }
 
+/* Beam search with eos forbidden, so that every hypothesis runs to out_len
+ * tokens: the fixed work of a decoding benchmark. */
+static tfm_status beam_once(tfm_decoder *d, const int32_t *src, int B, int S, int out_len, int beam) {
+    tfm_beam_params p;
+    tfm_beam_default_params(&p);
+    p.beam = beam;
+    p.max_len_override = out_len;
+    p.stop = TFM_BEAM_STOP_NEVER;
+    p.forbid_eos = 1;
+    tfm_hypothesis *h = calloc((size_t)B, sizeof *h);
+    if (!h) return tfm_error(TFM_ERR_NOMEM, "out of memory");
+    tfm_status st = tfm_beam_search(d, src, B, S, &p, h);
+    if (st == TFM_OK) tfm_hypotheses_free(h, B);
+    free(h);
+    return st;
+}
+
 static int run_greedy(const bench_opts *o) {
-    int B = o->batch, S = o->src_len, T = o->tgt_len;
+    int B = o->batch, S = o->src_len, T = o->tgt_len, beam = o->beam > 1 ? o->beam : 1;
     tfm_config cfg;
     size_config(&cfg, o->size);
     tfm_model m;
     if (tfm_model_init(&m, &cfg, o->seed) != TFM_OK) return fail("model");
     if (to_device(&m, o) != 0) return 1;
     tfm_decoder d;
-    if (tfm_decoder_init(&d, &m, B, S, T) != TFM_OK) {
+    if (tfm_decoder_init(&d, &m, B * beam, S, T + 1) != TFM_OK) {
         tfm_model_free(&m);
         return fail("decoder");
     }
@@ -443,19 +464,20 @@ static int run_greedy(const bench_opts *o) {
     uint64_t s = o->seed;
     for (long i = 0; !rc && i < (long)B * S; i++) src[i] = random_token(&s, cfg.src_vocab);
     for (int i = 0; !rc && i < o->warmup; i++)
-        if (greedy_once(&d, src, B, S, T, tok, out) != TFM_OK) rc = fail("greedy decoding");
+        if ((beam > 1 ? beam_once(&d, src, B, S, T, beam) : greedy_once(&d, src, B, S, T, tok, out)) != TFM_OK)
+            rc = fail("decoding");
     for (int r = 0; !rc && r < o->reps; r++) {
         double t0 = now_s();
-        if (greedy_once(&d, src, B, S, T, tok, out) != TFM_OK) {
-            rc = fail("greedy decoding");
+        if ((beam > 1 ? beam_once(&d, src, B, S, T, beam) : greedy_once(&d, src, B, S, T, tok, out)) != TFM_OK) {
+            rc = fail("decoding");
             break;
         }
         double sec = now_s() - t0;
         ms[r] = 1e3 * sec;
         json_head(o);
-        printf(",\"config\":\"%s\",\"method\":\"kv-cache\",\"rep\":%d,\"B\":%d,\"src_len\":%d,\"out_len\":%d,"
-               "\"ms\":%.4f,\"sentences_per_s\":%.3f,\"tokens_per_s\":%.3f}\n",
-               o->size->name, r, B, S, T, ms[r], B / sec, (double)B * T / sec);
+        printf(",\"config\":\"%s\",\"method\":\"kv-cache\",\"beam\":%d,\"rep\":%d,\"B\":%d,\"src_len\":%d,"
+               "\"out_len\":%d,\"ms\":%.4f,\"sentences_per_s\":%.3f,\"tokens_per_s\":%.3f}\n",
+               o->size->name, beam, r, B, S, T, ms[r], B / sec, (double)B * T / sec);
         fflush(stdout);
     }
     if (!rc) {

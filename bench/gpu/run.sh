@@ -12,7 +12,9 @@
 #     PyTorch: eager with bf16 autocast + fused Adam, and torch.compile;
 #   greedy decoding of 64 sentences, 32 source and 32 output tokens, base model:
 #     ours: transformer bench greedy --config gpu-base --device cuda
-#     PyTorch: a KV-cached loop (fp32 and bf16).
+#     PyTorch: a KV-cached loop (fp32 and bf16);
+#   beam search, beam 4, same shapes (every hypothesis runs 32 tokens):
+#     ours: the same with --beam 4; PyTorch: the KV-cached loop with beam bookkeeping.
 # Rounds alternate ours and PyTorch eager (--rounds, default 3); torch.compile
 # runs once (its compilation takes about a minute) with several timed windows.
 # Needs build-cuda (scripts/gpu_test.sh builds it) and python3 with torch 2.x.
@@ -52,9 +54,15 @@ for r in $(seq 1 "$rounds"); do
             --reps 5 | grep -v '"summary"' >> "$res"
     done
     "$py" $tb --what greedy --config base --dtype fp32 --reps 5 >> "$res"
+    for prec in fp32 bf16; do
+        "$cli" bench greedy --config gpu-base --batch 64 --src-len 32 --out-len 32 --beam 4 --device cuda \
+            --precision $prec --reps 5 | grep -v '"summary"' >> "$res"
+    done
+    "$py" $tb --what beam --beam 4 --config base --dtype fp32 --reps 5 >> "$res"
 done
 for c in $configs; do "$py" $tb --what train --config "$c" --mode compile --steps 5 --windows 3 >> "$res"; done
 "$py" $tb --what greedy --config base --dtype bf16 --reps 5 >> "$res"
+"$py" $tb --what beam --beam 4 --config base --dtype bf16 --reps 5 >> "$res"
 
 "$py" - "$res" "$out" <<'PY'
 import json, statistics, sys
@@ -86,20 +94,22 @@ for c in ("base", "big"):
         tps = t[0]["tgt_tokens"] / (med(tms) / 1e3)
         tmfu = t[0]["flops_per_step"] / (med(tms) / 1e3) / 1e12 / peak if peak else float("nan")
         lines.append(f"| train {c} | {side} | {med(tms):.1f} ms | {spread(tms)} | {tps:,.0f} | {100*tmfu:.1f}% | {ours_tps/tps:.2f} |")
-ms = None
-for prec in ("fp32", "bf16"):
-    ours = [r for r in rows if r.get("impl") == "transformer.c" and r.get("bench") == "greedy"
-            and r.get("precision", "fp32") == prec]
-    if not ours: continue
-    ms = [r["ms"] for r in ours]
-    tok = ours[0]["B"] * ours[0]["out_len"]
-    lines.append(f"| greedy base 64x32 | transformer.c {prec} GEMMs | {med(ms):.1f} ms | {spread(ms)} | {tok/(med(ms)/1e3):,.0f} | - | |")
-if ms:
+for kind, beam in (("greedy", 1), ("beam", 4)):
+    ms = None
+    name = "greedy base 64x32" if beam == 1 else f"beam {beam} base 64x32"
+    for prec in ("fp32", "bf16"):
+        ours = [r for r in rows if r.get("impl") == "transformer.c" and r.get("bench") == "greedy"
+                and r.get("beam", 1) == beam and r.get("precision", "fp32") == prec]
+        if not ours: continue
+        ms = [r["ms"] for r in ours]
+        tok = ours[0]["B"] * ours[0]["out_len"]
+        lines.append(f"| {name} | transformer.c {prec} GEMMs | {med(ms):.1f} ms | {spread(ms)} | {tok/(med(ms)/1e3):,.0f} | - | |")
+    if not ms: continue
     for side in ("torch-kvcache-fp32", "torch-kvcache-bf16"):
-        t = [r for r in rows if r.get("bench") == "greedy" and r.get("side") == side]
+        t = [r for r in rows if r.get("bench") == kind and r.get("side") == side]
         if not t: continue
         tms = [r["ms_per_batch"] for r in t]
-        lines.append(f"| greedy base 64x32 | {side} | {med(tms):.1f} ms | {spread(tms)} | {tok/(med(tms)/1e3):,.0f} | - | {med(tms)/med(ms):.2f} |")
+        lines.append(f"| {name} | {side} | {med(tms):.1f} ms | {spread(tms)} | {tok/(med(tms)/1e3):,.0f} | - | {med(tms)/med(ms):.2f} |")
 lines.append("")
 lines.append("ratio: ours (the bf16-GEMM rows) over the side: tokens/s for training, time for decoding; > 1 = we are faster.")
 text = "\n".join(lines)

@@ -64,7 +64,8 @@ typedef struct tfm_backend {
     void (*argmax_rows)(int32_t *out, const float *x, int N, int V, int skip_a, int skip_b, int skip_c);
     /* tfm_topk_logprobs (ops.h): each row's k best ids and log-probabilities
      * (beam search: only N x k candidates leave a device, not N x V logits). */
-    void (*topk_logprobs)(int32_t *ids, float *vals, const float *x, int N, int V, int k, int skip_a, int skip_b);
+    void (*topk_logprobs)(int32_t *ids, float *vals, const float *x, int N, int V, int k, int skip_a, int skip_b,
+                          int skip_c);
 
     /* ---- flat buffers (optimizer, residual sums): src/ops/adam.c ---- */
     float (*global_norm)(const float *x, size_t n);   /* sqrt(sum x^2); waits */

@@ -175,7 +175,8 @@ __device__ static void block_best(float *sv, int *si, float v, int i) {
     }
 }
 
-__global__ void topk_logprobs_kernel(int32_t *ids, float *vals, const float *x, int V, int k, int sa, int sb) {
+__global__ void topk_logprobs_kernel(int32_t *ids, float *vals, const float *x, int V, int k, int sa, int sb,
+                                     int sc) {
     extern __shared__ int taken[]; /* [k] */
     __shared__ float sv[TFM_CUDA_THREADS];
     __shared__ int si[TFM_CUDA_THREADS];
@@ -204,7 +205,7 @@ __global__ void topk_logprobs_kernel(int32_t *ids, float *vals, const float *x, 
         float bv = 0.0f;
         int bi = -1;
         for (int v = threadIdx.x; v < V; v += blockDim.x) {
-            if (v == sa || v == sb) continue;
+            if (v == sa || v == sb || v == sc) continue;
             int used = 0;
             for (int c = 0; c < j; c++) used |= taken[c] == v;
             if (used) continue;
@@ -222,10 +223,10 @@ __global__ void topk_logprobs_kernel(int32_t *ids, float *vals, const float *x, 
 }
 
 static void cu_topk_logprobs(int32_t *ids, float *vals, const float *x, int N, int V, int k, int skip_a,
-                             int skip_b) {
+                             int skip_b, int skip_c) {
     if (N <= 0 || k <= 0) return;
     topk_logprobs_kernel<<<(unsigned)N, TFM_CUDA_THREADS, (size_t)k * sizeof(int), g_stream>>>(ids, vals, x, V, k,
-                                                                                            skip_a, skip_b);
+                                                                                            skip_a, skip_b, skip_c);
     TFM_CUDA_LAUNCHED();
 }
 

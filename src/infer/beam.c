@@ -110,10 +110,11 @@ static void search_free(search *s) {
     free(s->pool_n);
 }
 
-static tfm_status search_alloc(search *s, const tfm_backend *be, int B, int beam, int V, int Lcap) {
+/* n_allowed: the tokens a candidate may be (V minus pad, bos, and eos when forbidden). */
+static tfm_status search_alloc(search *s, const tfm_backend *be, int B, int beam, int V, int n_allowed, int Lcap) {
     size_t R = (size_t)B * beam;
     s->be = be;
-    s->K = 2 * beam < V - 2 ? 2 * beam : V - 2;
+    s->K = 2 * beam < n_allowed ? 2 * beam : n_allowed;
     s->B = B;
     s->beam = beam;
     s->V = V;
@@ -294,7 +295,7 @@ tfm_status tfm_beam_search_stats(tfm_decoder *d, const int32_t *src, int B, int 
         if (lmax[b] > Lcap) Lcap = lmax[b];
     }
     search s = {0};
-    tfm_status st = search_alloc(&s, d->m->be, B, beam, V, Lcap);
+    tfm_status st = search_alloc(&s, d->m->be, B, beam, V, V - 2 - (p->forbid_eos ? 1 : 0), Lcap);
     if (st == TFM_OK) {
         memcpy(s.lmax, lmax, (size_t)B * sizeof *lmax);
         st = start(d, &s, src, B, S);
@@ -319,7 +320,8 @@ tfm_status tfm_beam_search_stats(tfm_decoder *d, const int32_t *src, int B, int 
         stats->row_steps += rows;
         /* Each row's K best tokens and log-probabilities, on the backend;
          * only those come to the host. */
-        s.be->topk_logprobs(s.dev_ids, s.dev_vals, d->dev_logits, rows, V, s.K, cfg->pad_id, cfg->bos_id);
+        s.be->topk_logprobs(s.dev_ids, s.dev_vals, d->dev_logits, rows, V, s.K, cfg->pad_id, cfg->bos_id,
+                            p->forbid_eos ? cfg->eos_id : -1);
         if (!s.be->host_memory) {
             s.be->download(s.top_ids, s.dev_ids, (size_t)rows * s.K * sizeof *s.top_ids);
             s.be->download(s.top_vals, s.dev_vals, (size_t)rows * s.K * sizeof *s.top_vals);

@@ -50,6 +50,8 @@ typedef struct tfm_beam_params {
     int max_len_override;  /* > 0: max output tokens for every sentence instead (tests); 0 = off */
     int nbest;             /* hypotheses returned per sentence, in [1, beam]; 1 */
     tfm_beam_stop stop;    /* TFM_BEAM_STOP_BOUND */
+    int forbid_eos;        /* 1: eos is never a candidate, so every hypothesis runs to its maximum
+                              length (fixed work, for benchmarks); 0 */
 } tfm_beam_params;
 
 /* The paper's settings: beam 4, alpha 0.6, +50, nbest 1, exact early stop. */

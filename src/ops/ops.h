@@ -60,11 +60,12 @@ void tfm_adam_update(const tfm_adam_coefs *c, float *param, const float *grad, f
                      size_t n);
 
 /* Beam search's candidates (float only; src/ops/xent.c): for each row n of
- * x[N, V], the k ids with the largest x[n, v] over v != skip_a, skip_b (-1:
- * none), best first, the lower id first on ties, in ids[n, 0..k), and their
+ * x[N, V], the k ids with the largest x[n, v] over v != skip_a, skip_b,
+ * skip_c (-1: none), best first, the lower id first on ties, in ids[n, 0..k), and their
  * log-probabilities x[n, v] - logsumexp(x[n, :]) in vals[n, 0..k) (the values
  * tfm_log_softmax gives). k <= V minus the skipped ids. */
-void tfm_topk_logprobs(int32_t *ids, float *vals, const float *x, int N, int V, int k, int skip_a, int skip_b);
+void tfm_topk_logprobs(int32_t *ids, float *vals, const float *x, int N, int V, int k, int skip_a, int skip_b,
+                       int skip_c);
 
 #ifdef TFM_OPS_F64
 #define TFM_OPS_H_WAS_F64

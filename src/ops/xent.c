@@ -80,7 +80,8 @@ TFM_CLONES void OPFN(tfm_log_softmax)(real *out, const real *logits, int N, int 
 }
 
 #ifndef TFM_OPS_F64
-void tfm_topk_logprobs(int32_t *ids, float *vals, const float *x, int N, int V, int k, int skip_a, int skip_b) {
+void tfm_topk_logprobs(int32_t *ids, float *vals, const float *x, int N, int V, int k, int skip_a, int skip_b,
+                       int skip_c) {
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         const float *row = x + (size_t)n * V;
@@ -88,7 +89,7 @@ void tfm_topk_logprobs(int32_t *ids, float *vals, const float *x, int N, int V, 
         float *val = vals + (size_t)n * k;
         int have = 0;
         for (int v = 0; v < V; v++) { /* insertion into the sorted top k; ids ascend, so ties keep the first */
-            if (v == skip_a || v == skip_b) continue;
+            if (v == skip_a || v == skip_b || v == skip_c) continue;
             if (have == k && !(row[v] > val[k - 1])) continue;
             int pos = have < k ? have++ : k - 1;
             while (pos > 0 && val[pos - 1] < row[v]) {
