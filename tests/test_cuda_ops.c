@@ -325,23 +325,47 @@ static void test_gemm_precision(void) {
         free(got);
         G->free(da), G->free(db), G->free(dc);
         free(a), free(b), free(c);
+
+        /* linear with its bias in cuBLASLt's epilogue, in this mode (sizes
+         * with 16-byte aligned rows, as the model's): a lost bias would be an
+         * error of about 2 / 30 here. */
+        int n = 300, in_f = 512, out_f = 256;
+        char name[64];
+        snprintf(name, sizeof name, "linear_forward bias %dx%d->%d %s", n, in_f, out_f, i ? "bf16" : "tf32");
+        float *x = hrand((size_t)n * in_f, -1, 1), *w = hrand((size_t)out_f * in_f, -1, 1);
+        float *bias = hrand(out_f, -2, 2), *y = hnan((size_t)n * out_f);
+        float *dx = dputf(x, (size_t)n * in_f), *dw = dputf(w, (size_t)out_f * in_f), *dbias = dputf(bias, out_f);
+        float *dy = dputf(y, (size_t)n * out_f);
+        G->linear_forward(dy, dx, dw, dbias, n, in_f, out_f);
+        C->linear_forward(y, x, w, bias, n, in_f, out_f);
+        got = dget(dy, (size_t)n * out_f);
+        (void)tfm_test_close(name, got, y, (size_t)n * out_f, modes[i].tol);
+        free(got);
+        G->free(dx), G->free(dw), G->free(dbias), G->free(dy);
+        free(x), free(w), free(bias), free(y);
     }
     CHECK(G->set_matmul_precision(TFM_MATMUL_FP32), "fp32 mode refused");
     CHECK(!C->set_matmul_precision(TFM_MATMUL_BF16), "the CPU accepted bf16");
 }
 
-static void test_linear(void) {
-    int N = 53, I = 45, O = 39;
-    float *in = hrand((size_t)N * I, -1, 1), *w = hrand((size_t)O * I, -0.5f, 0.5f), *b = hrand(O, -1, 1);
+/* in[N,I] w[O,I] b[O] at b_off floats into its buffer: the bias rides in
+ * cuBLASLt's epilogue when 16-byte aligned (b_off % 4 == 0), otherwise a
+ * separate kernel adds it. N > 128 takes the bias gradient's two passes. */
+static void test_linear_case(int N, int I, int O, int b_off) {
+    float *in = hrand((size_t)N * I, -1, 1), *w = hrand((size_t)O * I, -0.5f, 0.5f), *b = hrand(O + b_off, -1, 1);
     float *dout = hrand((size_t)N * O, -1, 1);
-    float *d_in = dputf(in, (size_t)N * I), *d_w = dputf(w, (size_t)O * I), *d_b = dputf(b, O);
-    float *ddout = dputf(dout, (size_t)N * O);
+    float *d_in = dputf(in, (size_t)N * I), *d_w = dputf(w, (size_t)O * I), *d_bbuf = dputf(b, O + b_off);
+    float *d_b = d_bbuf + b_off, *ddout = dputf(dout, (size_t)N * O);
+    char size[64];
+    snprintf(size, sizeof size, "%dx%d->%d b+%d", N, I, O, b_off);
 
     for (int bias = 0; bias < 2; bias++) {
         float *out = hnan((size_t)N * O), *d_out = dputf(out, (size_t)N * O);
         G->linear_forward(d_out, d_in, d_w, bias ? d_b : NULL, N, I, O);
-        C->linear_forward(out, in, w, bias ? b : NULL, N, I, O);
-        cmp(bias ? "linear_forward bias" : "linear_forward no bias", d_out, out, (size_t)N * O);
+        C->linear_forward(out, in, w, bias ? b + b_off : NULL, N, I, O);
+        char name[160];
+        snprintf(name, sizeof name, "linear_forward %s %s", size, bias ? "bias" : "no bias");
+        cmp(name, d_out, out, (size_t)N * O);
         G->free(d_out), free(out);
     }
     /* accumulate 0/1 x bias or not x din or not */
@@ -354,8 +378,8 @@ static void test_linear(void) {
                 float *d_din = dputf(din, (size_t)N * I), *d_dw = dputf(dw, (size_t)O * I), *d_db = dputf(db, O);
                 G->linear_backward(with_din ? d_din : NULL, d_dw, bias ? d_db : NULL, ddout, d_in, d_w, N, I, O, acc);
                 C->linear_backward(with_din ? din : NULL, dw, bias ? db : NULL, dout, in, w, N, I, O, acc);
-                char tag[96], name[128];
-                snprintf(tag, sizeof tag, "linear_backward acc=%d %s%s", acc, bias ? "db" : "no-db",
+                char tag[192], name[224];
+                snprintf(tag, sizeof tag, "linear_backward %s acc=%d %s%s", size, acc, bias ? "db" : "no-db",
                          with_din ? "" : " no-din");
                 if (with_din) snprintf(name, sizeof name, "%s din", tag), cmp(name, d_din, din, (size_t)N * I);
                 snprintf(name, sizeof name, "%s dw", tag), cmp(name, d_dw, dw, (size_t)O * I);
@@ -363,8 +387,15 @@ static void test_linear(void) {
                 G->free(d_din), G->free(d_dw), G->free(d_db);
                 free(din), free(dw), free(db);
             }
-    G->free(d_in), G->free(d_w), G->free(d_b), G->free(ddout);
+    G->free(d_in), G->free(d_w), G->free(d_bbuf), G->free(ddout);
     free(in), free(w), free(b), free(dout);
+}
+
+static void test_linear(void) {
+    test_linear_case(53, 45, 39, 0);    /* odd sizes, one chunk of rows */
+    test_linear_case(1000, 67, 70, 1);  /* 4-byte aligned bias: bias kernel; 8 chunks, the last short */
+    test_linear_case(777, 128, 96, 4);  /* 16-byte aligned bias at an offset: epilogue */
+    test_linear_case(4100, 64, 512, 0); /* 33 chunks; tensor-core sizes */
 }
 
 /* ------------------------------------------------- embeddings, positions */
@@ -422,8 +453,10 @@ static void test_embedding(void) {
 
 /* -------------------------------------------------------------- LayerNorm */
 
-static void test_layernorm(void) {
-    int N = 57, D = 83;
+/* Called with N under and over 8 of the GPU's chunks of 128 rows (its partial
+ * sums of the parameter gradients), not a multiple of 128; D odd. */
+static void test_layernorm(int N, int D) {
+    printf("layernorm N=%d D=%d:\n", N, D);
     size_t nd = (size_t)N * D;
     float *in = hrand(nd, -1, 1);
     for (size_t i = 0; i < nd; i++) in[i] += 3.0f; /* a large mean, as after a residual sum */
@@ -477,6 +510,14 @@ static void test_activation(void) {
         float *d_g = dputf(dout, n);
         G->activation_backward(d_g, d_g, d_in, n, kind);
         snprintf(name, sizeof name, "%s backward in place", names[k]), cmp(name, d_g, din, n);
+        /* Pointers 4 bytes past a 16-byte boundary: the one-at-a-time path. */
+        float *poison = hnan(n), *d_u = dputf(poison, n);
+        G->activation_forward(d_u + 1, d_in + 1, n - 1, kind);
+        snprintf(name, sizeof name, "%s forward unaligned", names[k]), cmp(name, d_u + 1, out + 1, n - 1);
+        G->upload(d_u, poison, n * sizeof(float));
+        G->activation_backward(d_u + 1, d_dout + 1, d_in + 1, n - 1, kind);
+        snprintf(name, sizeof name, "%s backward unaligned", names[k]), cmp(name, d_u + 1, din + 1, n - 1);
+        G->free(d_u), free(poison);
         if (kind == TFM_OP_RELU) {
             float *d_io = dputf(in, n);
             G->activation_forward(d_io, d_io, n, kind);
@@ -513,6 +554,16 @@ static void test_dropout(void) {
         G->free(d_out), G->free(d_io), G->free(d_res);
         free(out), free(res);
     }
+    /* Pointers 4 bytes past a 16-byte boundary (the one-at-a-time path): the
+     * element indices, and so the masks, start again at 0. */
+    float *u = hnan(n), *d_u = dputf(u, n);
+    G->dropout(d_u + 1, d_x + 1, n - 1, 0.3f, seeds[1], streams[1]);
+    C->dropout(u + 1, x + 1, n - 1, 0.3f, seeds[1], streams[1]);
+    cmp_exact("dropout p=0.3 unaligned", d_u + 1, u + 1, n - 1);
+    G->residual_dropout(d_u + 1, d_x + 1, d_y + 1, n - 1, 0.25f, seeds[1], streams[1]);
+    C->residual_dropout(u + 1, x + 1, y + 1, n - 1, 0.25f, seeds[1], streams[1]);
+    cmp_exact("residual_dropout p=0.25 unaligned", d_u + 1, u + 1, n - 1);
+    G->free(d_u), free(u);
     float *out = hnan(n), *d_out = dputf(out, n);
     G->dropout(d_out, d_x, n, 0.0f, 1, 2);
     C->dropout(out, x, n, 0.0f, 1, 2);
@@ -676,6 +727,11 @@ static void test_xent(float smoothing) {
     float *d_alias = dputf(logits, nv); /* dlogits may alias logits */
     G->xent_backward(d_alias, d_alias, d_lse, d_t, N, V, pad_id, smoothing, scale);
     snprintf(name, sizeof name, "xent_backward eps=%.1f in place", smoothing), cmp(name, d_alias, g, nv);
+    /* dlogits 4 bytes off logits' alignment: the one-at-a-time path. */
+    float *g_odd = hnan(nv + 1), *d_odd = dputf(g_odd, nv + 1);
+    G->xent_backward(d_odd + 1, d_logits, d_lse, d_t, N, V, pad_id, smoothing, scale);
+    snprintf(name, sizeof name, "xent_backward eps=%.1f misaligned", smoothing), cmp(name, d_odd + 1, g, nv);
+    G->free(d_odd), free(g_odd);
 
     G->free(d_logits), G->free(d_t), G->free(d_lse), G->free(d_g), G->free(d_alias);
     free(logits), free(t), free(lse), free(g);
@@ -827,7 +883,8 @@ int main(void) {
     test_gemm_precision();
     test_linear();
     test_embedding();
-    test_layernorm();
+    test_layernorm(57, 83);
+    test_layernorm(1201, 83);
     test_activation();
     test_dropout();
     static const attn_case cases[] = {
@@ -839,6 +896,13 @@ int main(void) {
         {"dropout causal pad", 3, 3, 33, 33, 14, 22, 1, 0, 1, 0.2f},
         {"dropout cross", 2, 2, 17, 41, 26, 10, 0, 0, 0, 0.15f},
         {"large causal pad dropout", 4, 8, 97, 97, 64, 64, 1, 0, 1, 0.1f},
+        /* The products' tile sizes: 32x32 and 32x64 tiles at the base model's
+         * shapes, 64x32 tiles (Tq 33..64), and more (b, h) pairs than one grid
+         * dimension holds (B*H > 65535: blocks walk several). */
+        {"base 32x32 dk 64 pad dropout", 40, 8, 32, 32, 64, 64, 0, 0, 1, 0.1f},
+        {"cross Tq 32 Tk 64 dk 64", 6, 8, 32, 64, 64, 64, 0, 0, 1, 0.0f},
+        {"Tq 50 Tk 20 dk 33 dv 31", 3, 5, 50, 20, 33, 31, 1, 10, 0, 0.0f},
+        {"B*H > 65535", 8200, 8, 3, 2, 5, 3, 0, 0, 0, 0.0f},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) test_attention(&cases[i]);
     test_xent(0.0f);

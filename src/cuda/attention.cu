@@ -12,7 +12,8 @@
  * This version materialises the probabilities, as the CPU does: the products
  * run through the strided-batched GEMM kernel of gemm.cu (one launch covers
  * every (b, h) pair, whose two strides cuBLASLt's single batch stride cannot
- * express), and the masking, softmax, dropout and softmax backward are
+ * express; its tiles shrink to 32x32 or 32x64 for the model's short
+ * sequences), and the masking, softmax, dropout and softmax backward are
  * row kernels, one warp per row of [B*H*Tq, Tk]. It is correct and
  * reasonably fast for the model's lengths; it is not flash attention (the
  * scores make a round trip through device memory, O(Tq*Tk) per head).

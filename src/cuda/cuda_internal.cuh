@@ -74,8 +74,9 @@ cudaStream_t tfm_cuda_stream(void);
 cublasLtHandle_t tfm_cuda_lt(void);
 void *tfm_cuda_lt_workspace(size_t *bytes);
 /* Device scratch of at least `bytes`, for reductions that need a second pass
- * (global_norm, xent_forward). Growing it synchronises the stream; the memory
- * is shared, so its contents live only until the next op that uses it. */
+ * (global_norm, xent_forward, layernorm_backward). Growing it synchronises the
+ * stream; the memory is shared, so its contents live only until the next op
+ * that uses it. */
 void *tfm_cuda_scratch(size_t bytes);
 
 /* ------------------------------------------------------------ launch sizes */
@@ -132,18 +133,23 @@ __device__ __forceinline__ float tfm_block_max(float v, float *sh) {
 /* core/rng.h on the device, with the same 64-bit arithmetic (wrapping
  * multiplies and shifts), so that dropout masks match the CPU bit for bit:
  * test_cuda_ops compares them. */
-__device__ __forceinline__ uint64_t tfm_cuda_mix64(uint64_t z) {
+__host__ __device__ __forceinline__ uint64_t tfm_cuda_mix64(uint64_t z) {
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
     return z ^ (z >> 31);
 }
-__device__ __forceinline__ uint64_t tfm_cuda_rng_u64(uint64_t seed, uint64_t stream, uint64_t index) {
-    uint64_t z = tfm_cuda_mix64(seed + 0x9e3779b97f4a7c15ULL * (stream + 1));
-    return tfm_cuda_mix64(z ^ (index * 0xd1b54a32d192ed03ULL + 0x8cb92ba72f3d8dd7ULL));
+/* The part of a draw that depends on (seed, stream) only: element-wise
+ * kernels compute it once (on the host) instead of once per element. */
+__host__ __device__ __forceinline__ uint64_t tfm_cuda_rng_key(uint64_t seed, uint64_t stream) {
+    return tfm_cuda_mix64(seed + 0x9e3779b97f4a7c15ULL * (stream + 1));
+}
+__device__ __forceinline__ float tfm_cuda_rng_uniform_key(uint64_t key, uint64_t index) {
+    /* 24 bits to float is exact, and so is the power-of-two scale. */
+    uint64_t z = tfm_cuda_mix64(key ^ (index * 0xd1b54a32d192ed03ULL + 0x8cb92ba72f3d8dd7ULL));
+    return (float)(z >> 40) * (1.0f / 16777216.0f);
 }
 __device__ __forceinline__ float tfm_cuda_rng_uniform(uint64_t seed, uint64_t stream, uint64_t index) {
-    /* 24 bits to float is exact, and so is the power-of-two scale. */
-    return (float)(tfm_cuda_rng_u64(seed, stream, index) >> 40) * (1.0f / 16777216.0f);
+    return tfm_cuda_rng_uniform_key(tfm_cuda_rng_key(seed, stream), index);
 }
 
 /* -------------------------------------------------- strided batched GEMM */

@@ -19,9 +19,16 @@
  * A, m = N, n = M, and the transpose flags carry over unchanged.
  *
  * cuBLASLt's heuristic query costs microseconds, so each distinct shape
- * (transposes, sizes, leading dimensions, pointer alignments) keeps its
- * descriptors and chosen algorithm in a small cache. If the heuristic finds
- * no algorithm (an odd alignment), the product runs through bgemm instead.
+ * (transposes, sizes, leading dimensions, pointer alignments, bias epilogue
+ * or not) keeps its descriptors and chosen algorithm in a small cache. If the
+ * heuristic finds no algorithm (an odd alignment), the product runs through
+ * bgemm instead.
+ *
+ * linear's bias is added in cuBLASLt's epilogue (CUBLASLT_EPILOGUE_BIAS:
+ * column-major D gets bias[row], i.e. our row-major C gets bias[column]) when
+ * the bias is 16-byte aligned and cuBLASLt runs the product; otherwise by a
+ * separate kernel after it. Its backward's bias gradient is a two-pass,
+ * deterministic column sum.
  */
 #include "cuda/cuda_internal.cuh"
 
@@ -29,22 +36,32 @@
 
 /* ---------------------------------------------------------------- bgemm */
 
-#define BG_TM 64   /* tile rows (of C) */
-#define BG_TN 64   /* tile columns */
-#define BG_TK 16   /* depth per step */
-#define BG_THREADS 256 /* 16 x 16 threads, 4 x 4 outputs each */
+#define BG_TK 32 /* depth staged through shared memory per step */
 
-/* One 64x64 tile of C per block, depth staged through shared memory in steps
- * of 16; threads own a 4x4 set of outputs strided by 16, so that a warp's
- * shared-memory reads of B are 16 consecutive words (no bank conflicts) and
- * its reads of A are broadcasts. Loads are coalesced along whichever
- * dimension is contiguous in memory for the given transpose. */
-template <int TA, int TB>
-__global__ void __launch_bounds__(BG_THREADS) bgemm_kernel(tfm_cuda_bgemm_args g) {
-    __shared__ float As[BG_TK][BG_TM + 1];
-    __shared__ float Bs[BG_TK][BG_TN + 1];
-    int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
-    int row0 = blockIdx.y * BG_TM, col0 = blockIdx.x * BG_TN;
+/* One TM x TN tile of C per block (TM, TN = 32 or 64), for each batch z the
+ * block walks; the depth is staged through shared memory BG_TK at a time.
+ * TM*TN/16 threads, each owning a 4x4 set of outputs strided by TM/4 rows and
+ * TN/4 columns, so that a warp's shared-memory reads of B are consecutive
+ * words and its reads of A broadcasts (no bank conflicts; the +1 padding
+ * keeps the transposing stores conflict-free too). Loads are coalesced along
+ * whichever dimension is contiguous in memory for the given transpose.
+ *
+ * Why several tile sizes: the attention products are 32x32 or 32x64 per
+ * (batch, head) with a depth of 32 or 64 (model lengths around 32, head size
+ * 64), and a 64x64 tile would compute (and stage) two to four times the work
+ * on them. At these sizes the product is bound by memory, not arithmetic
+ * (about 6 FLOP per byte), so plain fp32 FMAs suffice; what matters is not
+ * wasting lanes and keeping many loads in flight (small blocks, many per SM).
+ * The launch bound asks for at least 1024 resident threads per SM (64
+ * registers a thread at most). */
+template <int TA, int TB, int TM, int TN>
+__global__ void __launch_bounds__(TM * TN / 16, 1024 / (TM * TN / 16)) bgemm_kernel(tfm_cuda_bgemm_args g) {
+    constexpr int T = TM * TN / 16, CX = TN / 4, CY = TM / 4; /* threads; CX x CY of them */
+    static_assert(T % BG_TK == 0 && T % TM == 0 && T % TN == 0, "the loads step whole rows of a tile");
+    __shared__ float As[BG_TK][TM + 1];
+    __shared__ float Bs[BG_TK][TN + 1];
+    int tid = threadIdx.x, tx = tid % CX, ty = tid / CX;
+    int row0 = blockIdx.y * TM, col0 = blockIdx.x * TN;
     for (int z = blockIdx.z; z < g.B * g.H; z += gridDim.z) {
         int b = z / g.H, h = z % g.H;
         const float *A = g.A + b * g.a_batch + h * g.a_head;
@@ -56,19 +73,24 @@ __global__ void __launch_bounds__(BG_THREADS) bgemm_kernel(tfm_cuda_bgemm_args g
 #pragma unroll
             for (int c = 0; c < 4; c++) acc[r][c] = 0.0f;
         for (int k0 = 0; k0 < g.K; k0 += BG_TK) {
+            /* op(A)(i, p) into As[p][i]: contiguous along p when not
+             * transposed (consecutive threads take consecutive p), along i
+             * when transposed. Each thread keeps its p (or i) and steps the
+             * other index, which keeps the address arithmetic in few registers. */
 #pragma unroll
-            for (int l = tid; l < BG_TM * BG_TK; l += BG_THREADS) {
-                /* op(A)(i, p): contiguous along p when not transposed, along i when transposed. */
-                int i = TA ? l % BG_TM : l / BG_TK, p = TA ? l / BG_TM : l % BG_TK;
+            for (int u = 0; u < TM * BG_TK / T; u++) {
+                int i = TA ? tid % TM : tid / BG_TK + u * (T / BG_TK);
+                int p = TA ? tid / TM + u * (T / TM) : tid % BG_TK;
                 int gi = row0 + i, gp = k0 + p;
                 float a = 0.0f;
                 if (gi < g.M && gp < g.K) a = TA ? A[(long)gp * g.lda + gi] : A[(long)gi * g.lda + gp];
                 As[p][i] = a;
             }
+            /* op(B)(p, j) into Bs[p][j]: contiguous along j when not transposed, along p when transposed. */
 #pragma unroll
-            for (int l = tid; l < BG_TN * BG_TK; l += BG_THREADS) {
-                /* op(B)(p, j): contiguous along j when not transposed, along p when transposed. */
-                int j = TB ? l / BG_TK : l % BG_TN, p = TB ? l % BG_TK : l / BG_TN;
+            for (int u = 0; u < TN * BG_TK / T; u++) {
+                int j = TB ? tid / BG_TK + u * (T / BG_TK) : tid % TN;
+                int p = TB ? tid % BG_TK : tid / TN + u * (T / TN);
                 int gj = col0 + j, gp = k0 + p;
                 float v = 0.0f;
                 if (gj < g.N && gp < g.K) v = TB ? Bm[(long)gj * g.ldb + gp] : Bm[(long)gp * g.ldb + gj];
@@ -79,9 +101,9 @@ __global__ void __launch_bounds__(BG_THREADS) bgemm_kernel(tfm_cuda_bgemm_args g
             for (int p = 0; p < BG_TK; p++) {
                 float a[4], bv[4];
 #pragma unroll
-                for (int r = 0; r < 4; r++) a[r] = As[p][ty + 16 * r];
+                for (int r = 0; r < 4; r++) a[r] = As[p][ty + CY * r];
 #pragma unroll
-                for (int c = 0; c < 4; c++) bv[c] = Bs[p][tx + 16 * c];
+                for (int c = 0; c < 4; c++) bv[c] = Bs[p][tx + CX * c];
 #pragma unroll
                 for (int r = 0; r < 4; r++)
 #pragma unroll
@@ -91,11 +113,11 @@ __global__ void __launch_bounds__(BG_THREADS) bgemm_kernel(tfm_cuda_bgemm_args g
         }
 #pragma unroll
         for (int r = 0; r < 4; r++) {
-            int gi = row0 + ty + 16 * r;
+            int gi = row0 + ty + CY * r;
             if (gi >= g.M) continue;
 #pragma unroll
             for (int c = 0; c < 4; c++) {
-                int gj = col0 + tx + 16 * c;
+                int gj = col0 + tx + CX * c;
                 if (gj >= g.N) continue;
                 float *dst = C + (long)gi * g.ldc + gj;
                 /* beta == 0 must not read C: it may hold NaN (the CBLAS contract). */
@@ -105,18 +127,29 @@ __global__ void __launch_bounds__(BG_THREADS) bgemm_kernel(tfm_cuda_bgemm_args g
     }
 }
 
-/* See cuda_internal.cuh. Queued on the backend's stream. */
+template <int TM, int TN>
+static void bgemm_launch(const tfm_cuda_bgemm_args *g) {
+    int batches = g->B * g->H;
+    dim3 grid((g->N + TN - 1) / TN, (g->M + TM - 1) / TM, batches < 65535 ? batches : 65535);
+    TFM_CUDA_ASSERT(grid.y <= 65535);
+    const int threads = TM * TN / 16;
+    cudaStream_t st = tfm_cuda_stream();
+    if (!g->ta && !g->tb) bgemm_kernel<0, 0, TM, TN><<<grid, threads, 0, st>>>(*g);
+    else if (!g->ta && g->tb) bgemm_kernel<0, 1, TM, TN><<<grid, threads, 0, st>>>(*g);
+    else if (g->ta && !g->tb) bgemm_kernel<1, 0, TM, TN><<<grid, threads, 0, st>>>(*g);
+    else bgemm_kernel<1, 1, TM, TN><<<grid, threads, 0, st>>>(*g);
+    TFM_CUDA_LAUNCHED();
+}
+
+/* See cuda_internal.cuh. Queued on the backend's stream. The tile is the
+ * smallest of 32 or 64 per dimension that covers M (N) when it can. */
 void tfm_cuda_bgemm(const tfm_cuda_bgemm_args *g) {
     if (g->M <= 0 || g->N <= 0 || g->B * g->H <= 0) return;
-    int batches = g->B * g->H;
-    dim3 grid((g->N + BG_TN - 1) / BG_TN, (g->M + BG_TM - 1) / BG_TM, batches < 65535 ? batches : 65535);
-    TFM_CUDA_ASSERT(grid.y <= 65535);
-    cudaStream_t st = tfm_cuda_stream();
-    if (!g->ta && !g->tb) bgemm_kernel<0, 0><<<grid, BG_THREADS, 0, st>>>(*g);
-    else if (!g->ta && g->tb) bgemm_kernel<0, 1><<<grid, BG_THREADS, 0, st>>>(*g);
-    else if (g->ta && !g->tb) bgemm_kernel<1, 0><<<grid, BG_THREADS, 0, st>>>(*g);
-    else bgemm_kernel<1, 1><<<grid, BG_THREADS, 0, st>>>(*g);
-    TFM_CUDA_LAUNCHED();
+    int small_m = g->M <= 32, small_n = g->N <= 32;
+    if (small_m && small_n) bgemm_launch<32, 32>(g);
+    else if (small_m) bgemm_launch<32, 64>(g);
+    else if (small_n) bgemm_launch<64, 32>(g);
+    else bgemm_launch<64, 64>(g);
 }
 
 /* --------------------------------------------------------- cuBLASLt plans */
@@ -126,6 +159,7 @@ typedef struct gemm_plan {
     cublasComputeType_t compute;
     int ta, tb, M, N, K, lda, ldb, ldc;
     unsigned align_a, align_b, align_c;
+    int bias;     /* 1: the epilogue adds a bias vector (CUBLASLT_EPILOGUE_BIAS) */
     int has_algo; /* 0: cuBLASLt found none; run bgemm */
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t la, lb, lc;
@@ -158,6 +192,12 @@ static unsigned ptr_align(const void *p) {
     return al;
 }
 
+/* The bias epilogue's vector must be 16-byte aligned here (cuBLASLt has no
+ * preference attribute for the bias alignment; its heuristic reads it from
+ * the pointer; 16 bytes is what other users of the epilogue found safe). A
+ * less aligned bias is added by bias_add_kernel after the product. */
+#define BIAS_ALIGN 16
+
 static void plan_destroy(gemm_plan *p) {
     if (!p->used) return;
     TFM_CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(p->la));
@@ -167,12 +207,17 @@ static void plan_destroy(gemm_plan *p) {
     p->used = 0;
 }
 
+/* The plan of one shape; `bias` (NULL: no epilogue) is a BIAS_ALIGN-aligned
+ * bias, whose address the plan does not keep: the caller sets it on the
+ * descriptor before each call. */
 static gemm_plan *plan_get(int ta, int tb, int M, int N, int K, int lda, int ldb, int ldc, unsigned aa,
-                           unsigned ab, unsigned ac) {
+                           unsigned ab, unsigned ac, const float *bias) {
+    int has_bias = bias != NULL;
     for (int i = 0; i < PLAN_CACHE; i++) {
         gemm_plan *p = &g_plans[i];
-        if (p->used && p->compute == g_compute && p->ta == ta && p->tb == tb && p->M == M && p->N == N && p->K == K && p->lda == lda &&
-            p->ldb == ldb && p->ldc == ldc && p->align_a == aa && p->align_b == ab && p->align_c == ac)
+        if (p->used && p->compute == g_compute && p->ta == ta && p->tb == tb && p->M == M && p->N == N &&
+            p->K == K && p->lda == lda && p->ldb == ldb && p->ldc == ldc && p->align_a == aa &&
+            p->align_b == ab && p->align_c == ac && p->bias == has_bias)
             return p;
     }
     gemm_plan *p = &g_plans[g_plan_next];
@@ -181,6 +226,7 @@ static gemm_plan *plan_get(int ta, int tb, int M, int N, int K, int lda, int ldb
     memset(p, 0, sizeof *p);
     p->ta = ta, p->tb = tb, p->M = M, p->N = N, p->K = K, p->lda = lda, p->ldb = ldb, p->ldc = ldc;
     p->align_a = aa, p->align_b = ab, p->align_c = ac;
+    p->bias = has_bias;
     p->compute = g_compute;
 
     /* Column-major view (see the top of the file): m = N, n = M; "A" = our B, "B" = our A. */
@@ -188,6 +234,22 @@ static gemm_plan *plan_get(int ta, int tb, int M, int N, int K, int lda, int ldb
     TFM_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, g_compute, CUDA_R_32F));
     TFM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a));
     TFM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b));
+    if (has_bias) {
+        /* D = A B + bias with D column-major [m = N, n = M]: the bias has one
+         * value per row of D, i.e. per column of our row-major C, which is
+         * what linear's b[O] is. fp32, as D. The heuristic takes the bias
+         * alignment from the pointer: give it one aligned to exactly
+         * BIAS_ALIGN bytes (never dereferenced), so that the algorithm it
+         * picks suits every bias this plan will see. */
+        cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+        cudaDataType_t bias_type = CUDA_R_32F;
+        const void *probe = (const void *)((uintptr_t)bias | BIAS_ALIGN);
+        TFM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+        TFM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
+                                                        sizeof bias_type));
+        TFM_CUBLAS_CHECK(
+            cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &probe, sizeof probe));
+    }
     /* Column-major shapes (rows x cols) of what is stored: our B, row-major
      * [K,N] (or [N,K] when transposed), reads as [N,K] (or [K,N]); likewise A. */
     TFM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->la, CUDA_R_32F, tb ? K : N, tb ? N : K, ldb));
@@ -215,11 +277,38 @@ static gemm_plan *plan_get(int ta, int tb, int M, int N, int K, int lda, int ldb
     cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(tfm_cuda_lt(), p->desc, p->la, p->lb, p->lc, p->lc, pref, 1,
                                                       &res, &found);
     TFM_CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
-    /* NOT_SUPPORTED means "no algorithm for this problem": the fallback handles it. */
-    if (s != CUBLAS_STATUS_NOT_SUPPORTED) TFM_CUBLAS_CHECK(s);
+    /* NOT_SUPPORTED means "no algorithm for this problem": the fallback
+     * handles it. So does any refusal of the bias epilogue (a compute type
+     * or layout it does not take): the plain product then runs. */
+    if (s != CUBLAS_STATUS_NOT_SUPPORTED && !has_bias) TFM_CUBLAS_CHECK(s);
     p->has_algo = s == CUBLAS_STATUS_SUCCESS && found > 0;
     if (p->has_algo) p->algo = res.algo;
     return p;
+}
+
+/* The product through cuBLASLt, with the bias epilogue when `bias` is not
+ * NULL (BIAS_ALIGN-aligned). Returns 0, having queued nothing, when cuBLASLt
+ * has no algorithm for it. */
+static int lt_matmul(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                     int ldb, float beta, float *C, int ldc, const float *bias) {
+    gemm_plan *p = plan_get(ta, tb, M, N, K, lda, ldb, ldc, ptr_align(A), ptr_align(B), ptr_align(C), bias);
+    if (!p->has_algo) return 0;
+    if (bias)
+        TFM_CUBLAS_CHECK(
+            cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+    size_t ws_bytes = 0;
+    void *ws = tfm_cuda_lt_workspace(&ws_bytes);
+    cublasStatus_t s = cublasLtMatmul(tfm_cuda_lt(), p->desc, &alpha, B, p->la, A, p->lb, &beta, C, p->lc, C,
+                                      p->lc, &p->algo, ws, ws_bytes, tfm_cuda_stream());
+    if (s == CUBLAS_STATUS_NOT_SUPPORTED || (bias && s == CUBLAS_STATUS_INVALID_VALUE)) {
+        /* The heuristic's algorithm refused these operands after all (an
+         * alignment it did not account for, or the epilogue): nothing ran,
+         * and this plan falls back from now on. */
+        p->has_algo = 0;
+        return 0;
+    }
+    TFM_CUBLAS_CHECK(s);
+    return 1;
 }
 
 __global__ void scale_matrix_kernel(float *C, int M, int N, int ldc, float beta) {
@@ -229,79 +318,123 @@ __global__ void scale_matrix_kernel(float *C, int M, int N, int ldc, float beta)
     }
 }
 
-/* C[M,N] = alpha op(A) op(B) + beta C, row-major with row strides lda, ldb,
- * ldc (the CBLAS contract of ops_decl.h). All pointers on the device;
- * beta == 0 never reads C. Queued; does not wait. */
-void tfm_cuda_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
-                   const float *B, int ldb, float beta, float *C, int ldc) {
+/* C[i, j] += b[j] for i < M, j < N (row stride ldc). x over columns
+ * (coalesced), y over rows. */
+__global__ void bias_add_kernel(float *C, const float *b, int M, int N, int ldc) {
+    for (int i = blockIdx.y; i < M; i += gridDim.y)
+        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < N; j += gridDim.x * blockDim.x)
+            C[(long)i * ldc + j] += b[j];
+}
+
+/* C = alpha op(A) op(B) + beta C (+ bias[j] on every row when bias is not
+ * NULL), by the fastest route that takes these operands: cuBLASLt with the
+ * bias in its epilogue, cuBLASLt and then bias_add_kernel, or bgemm and then
+ * bias_add_kernel. */
+static void gemm_bias(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                      int ldb, float beta, float *C, int ldc, const float *bias) {
     if (M <= 0 || N <= 0) return;
     cudaStream_t st = tfm_cuda_stream();
     if (K <= 0) { /* no product: C = beta C (cuBLASLt wants k >= 1) */
         scale_matrix_kernel<<<tfm_cuda_blocks((size_t)M * N, TFM_CUDA_THREADS), TFM_CUDA_THREADS, 0, st>>>(C, M, N,
                                                                                                           ldc, beta);
         TFM_CUDA_LAUNCHED();
-        return;
+    } else {
+        if (bias && (uintptr_t)bias % BIAS_ALIGN == 0 &&
+            lt_matmul(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias))
+            return;
+        if (!lt_matmul(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL)) {
+            tfm_cuda_bgemm_args g;
+            memset(&g, 0, sizeof g);
+            g.ta = ta, g.tb = tb, g.M = M, g.N = N, g.K = K, g.B = 1, g.H = 1;
+            g.alpha = alpha, g.beta = beta;
+            g.A = A, g.lda = lda, g.Bm = B, g.ldb = ldb, g.C = C, g.ldc = ldc;
+            tfm_cuda_bgemm(&g);
+        }
     }
-    gemm_plan *p = plan_get(trans_a ? 1 : 0, trans_b ? 1 : 0, M, N, K, lda, ldb, ldc, ptr_align(A), ptr_align(B),
-                            ptr_align(C));
-    if (!p->has_algo) {
-        tfm_cuda_bgemm_args g;
-        memset(&g, 0, sizeof g);
-        g.ta = trans_a ? 1 : 0, g.tb = trans_b ? 1 : 0, g.M = M, g.N = N, g.K = K, g.B = 1, g.H = 1;
-        g.alpha = alpha, g.beta = beta;
-        g.A = A, g.lda = lda, g.Bm = B, g.ldb = ldb, g.C = C, g.ldc = ldc;
-        tfm_cuda_bgemm(&g);
-        return;
+    if (bias) {
+        dim3 grid((N + 255) / 256, M < 65535 ? M : 65535);
+        bias_add_kernel<<<grid, 256, 0, st>>>(C, bias, M, N, ldc);
+        TFM_CUDA_LAUNCHED();
     }
-    size_t ws_bytes = 0;
-    void *ws = tfm_cuda_lt_workspace(&ws_bytes);
-    cublasStatus_t s = cublasLtMatmul(tfm_cuda_lt(), p->desc, &alpha, B, p->la, A, p->lb, &beta, C, p->lc, C,
-                                      p->lc, &p->algo, ws, ws_bytes, st);
-    if (s == CUBLAS_STATUS_NOT_SUPPORTED) {
-        /* The heuristic's algorithm refused these operands after all (an
-         * alignment it did not account for): this shape goes to bgemm from now on. */
-        p->has_algo = 0;
-        tfm_cuda_gemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-        return;
-    }
-    TFM_CUBLAS_CHECK(s);
+}
+
+/* C[M,N] = alpha op(A) op(B) + beta C, row-major with row strides lda, ldb,
+ * ldc (the CBLAS contract of ops_decl.h). All pointers on the device;
+ * beta == 0 never reads C. Queued; does not wait. */
+void tfm_cuda_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+                   const float *B, int ldb, float beta, float *C, int ldc) {
+    gemm_bias(trans_a ? 1 : 0, trans_b ? 1 : 0, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL);
 }
 
 /* --------------------------------------------------------------- linear */
 
-__global__ void bias_add_kernel(float *out, const float *b, int N, int O) {
-    /* x over columns (coalesced), y over rows */
-    for (int n = blockIdx.y; n < N; n += gridDim.y)
-        for (int o = blockIdx.x * blockDim.x + threadIdx.x; o < O; o += gridDim.x * blockDim.x)
-            out[(long)n * O + o] += b[o];
-}
+/* The bias gradient, sums[c] += sum over rows n of x[n*C + c], in two passes
+ * (one block of 32 columns x RG row groups each): the first over a grid of
+ * column tiles x row chunks of COLSUM_ROWS rows writes one partial sum per
+ * chunk and column to scratch, the second sums those partials. One pass with
+ * a block per column tile had only C/32 blocks (16 for C = 512) for tens of
+ * thousands of rows: the GPU sat idle. Every sum runs in a fixed order (rows
+ * within a thread, row groups, chunks), so the result is the same run to run;
+ * no atomics. */
+#define COLSUM_ROWS 128                   /* rows per chunk of the first pass */
+#define COLSUM_SCRATCH ((size_t)4 << 20)  /* at most this many partial sums (16 MiB) */
 
-/* sums[c] += sum over rows n of x[n*C + c], for c < C. Each block owns 32
- * columns; its 16 row groups walk the rows in a fixed order and are combined in
- * a fixed order: deterministic, and no atomics. */
-__global__ void colsum_add_kernel(float *sums, const float *x, int N, int C) {
-    __shared__ float part[16][33];
+/* Block (32, RG): columns blockIdx.x*32 + [0, 32), rows [blockIdx.y*rows,
+ * +rows) of x[N, C]. out[blockIdx.y * C + c] = the block's sum, or with
+ * `accumulate`, out[c] += it (then blockIdx.y must be 0). */
+template <int RG>
+__global__ void __launch_bounds__(32 * RG) colsum_kernel(float *out, const float *x, int N, int C, int rows,
+                                                         int accumulate) {
+    __shared__ float part[RG][33];
     int c = blockIdx.x * 32 + threadIdx.x;
+    long n0 = (long)blockIdx.y * rows, n1 = n0 + rows < N ? n0 + rows : N;
     float s = 0.0f;
-    if (c < C)
-        for (int n = threadIdx.y; n < N; n += 16) s += x[(long)n * C + c];
+    if (c < C) {
+#pragma unroll 4
+        for (long n = n0 + threadIdx.y; n < n1; n += RG) s += x[n * C + c];
+    }
     part[threadIdx.y][threadIdx.x] = s;
     __syncthreads();
     if (threadIdx.y == 0 && c < C) {
         float t = 0.0f;
-        for (int r = 0; r < 16; r++) t += part[r][threadIdx.x];
-        sums[c] += t;
+        for (int r = 0; r < RG; r++) t += part[r][threadIdx.x];
+        if (accumulate) out[c] += t;
+        else out[(long)blockIdx.y * C + c] = t;
     }
 }
 
-/* out[N,O] = in[N,I] w[O,I]^T + b[O] (b may be NULL); device pointers. */
+static void colsum_add(float *sums, const float *x, int N, int C) {
+    if (N <= 0 || C <= 0) return;
+    cudaStream_t st = tfm_cuda_stream();
+    unsigned col_tiles = (unsigned)((C + 31) / 32);
+    /* Chunks of COLSUM_ROWS rows, fewer (and longer) if their partials would
+     * not fit in COLSUM_SCRATCH; the split depends on N and C only. */
+    long max_chunks = (long)(COLSUM_SCRATCH / (size_t)C);
+    if (max_chunks < 1) max_chunks = 1;
+    if (max_chunks > 65535) max_chunks = 65535;
+    int rows = COLSUM_ROWS;
+    long chunks = (N + rows - 1) / rows;
+    if (chunks > max_chunks) {
+        rows = (int)((N + max_chunks - 1) / max_chunks);
+        chunks = (N + rows - 1) / rows;
+    }
+    if (chunks == 1) {
+        colsum_kernel<8><<<dim3(col_tiles, 1), dim3(32, 8), 0, st>>>(sums, x, N, C, N, 1);
+        TFM_CUDA_LAUNCHED();
+        return;
+    }
+    float *part = (float *)tfm_cuda_scratch((size_t)chunks * C * sizeof(float)); /* [chunks, C] */
+    colsum_kernel<8><<<dim3(col_tiles, (unsigned)chunks), dim3(32, 8), 0, st>>>(part, x, N, C, rows, 0);
+    TFM_CUDA_LAUNCHED();
+    colsum_kernel<32><<<dim3(col_tiles, 1), dim3(32, 32), 0, st>>>(sums, part, (int)chunks, C, (int)chunks, 1);
+    TFM_CUDA_LAUNCHED();
+}
+
+/* out[N,O] = in[N,I] w[O,I]^T + b[O] (b may be NULL); device pointers. The
+ * bias rides in cuBLASLt's epilogue when it can (see gemm_bias). */
 void tfm_cuda_linear_forward(float *out, const float *in, const float *w, const float *b, int N, int n_in,
                              int n_out) {
-    tfm_cuda_gemm(0, 1, N, n_out, n_in, 1.0f, in, n_in, w, n_in, 0.0f, out, n_out);
-    if (!b || N <= 0 || n_out <= 0) return;
-    dim3 grid((n_out + 255) / 256, N < 65535 ? N : 65535);
-    bias_add_kernel<<<grid, 256, 0, tfm_cuda_stream()>>>(out, b, N, n_out);
-    TFM_CUDA_LAUNCHED();
+    gemm_bias(0, 1, N, n_out, n_in, 1.0f, in, n_in, w, n_in, 0.0f, out, n_out, b);
 }
 
 /* din[N,I] (= or += when accumulate) dout[N,O] w;  dw[O,I] += dout^T in;
@@ -310,8 +443,5 @@ void tfm_cuda_linear_backward(float *din, float *dw, float *db, const float *dou
                               const float *w, int N, int n_in, int n_out, int accumulate) {
     if (din) tfm_cuda_gemm(0, 0, N, n_in, n_out, 1.0f, dout, n_out, w, n_in, accumulate ? 1.0f : 0.0f, din, n_in);
     if (dw) tfm_cuda_gemm(1, 0, n_out, n_in, N, 1.0f, dout, n_out, in, n_in, 1.0f, dw, n_in);
-    if (db && n_out > 0) {
-        colsum_add_kernel<<<(n_out + 31) / 32, dim3(32, 16), 0, tfm_cuda_stream()>>>(db, dout, N, n_out);
-        TFM_CUDA_LAUNCHED();
-    }
+    if (db) colsum_add(db, dout, N, n_out);
 }

@@ -7,8 +7,9 @@
  * One warp per row for the statistics and din, with the CPU's mixture of
  * precisions: mean and variance accumulate in double (two passes, as the
  * CPU), and so do the two sums of the backward. The parameter gradients are
- * column sums over the rows, done by blocks that own 32 columns each and add
- * their row groups in a fixed order: deterministic, no atomics.
+ * column sums over the rows in two passes (partial sums over chunks of rows,
+ * then over the chunks), combined in a fixed order: deterministic, no
+ * atomics.
  */
 #include "cuda/cuda_internal.cuh"
 
@@ -72,28 +73,72 @@ __global__ void layernorm_din_kernel(float *din, const float *dout, const float 
     }
 }
 
-/* dw[i] += sum_n dout * xhat, db[i] += sum_n dout: 32 columns per block, 16
- * row groups combined in a fixed order. */
-__global__ void layernorm_dparams_kernel(float *dw, float *db, const float *dout, const float *in,
-                                         const float *mean, const float *rstd, int N, int D) {
-    __shared__ float pw[16][33], pb[16][33];
-    int i = blockIdx.x * 32 + threadIdx.x;
-    float sw = 0.0f, sb = 0.0f;
-    if (i < D)
-        for (int n = threadIdx.y; n < N; n += 16) {
-            float dy = dout[(long)n * D + i];
-            sw += dy * ((in[(long)n * D + i] - mean[n]) * rstd[n]);
-            sb += dy;
-        }
-    pw[threadIdx.y][threadIdx.x] = sw;
-    pb[threadIdx.y][threadIdx.x] = sb;
+/* The parameter gradients dw[i] += sum_n dout * xhat, db[i] += sum_n dout
+ * are column sums over all N rows (25600 in a training step) of only D
+ * columns (512): blocks that each own a column tile and walk every row would
+ * be too few to fill the GPU. So two passes: blocks over column tiles x chunks
+ * of LN_CHUNK rows write partial sums to scratch, then blocks over the column
+ * tiles add the chunks. Both passes combine in an order fixed by N and D alone:
+ * no atomics, the same bits run to run (and on any GPU). */
+#define LN_CHUNK 128 /* rows per partial sum */
+#define LN_COLS 32   /* columns per block: one warp reads 128 contiguous bytes of a row */
+#define LN_GROUPS 8  /* row groups per block, added in order at the end */
+
+/* Adds sw, sb [LN_GROUPS][LN_COLS + 1] (shared) down the groups, in order; the
+ * result is valid in the threads of group 0. */
+__device__ void sum_groups(float aw, float ab, float (*sw)[LN_COLS + 1], float (*sb)[LN_COLS + 1], float *tw,
+                           float *tb) {
+    sw[threadIdx.y][threadIdx.x] = aw;
+    sb[threadIdx.y][threadIdx.x] = ab;
     __syncthreads();
-    if (threadIdx.y == 0 && i < D) {
-        float tw = 0.0f, tb = 0.0f;
-        for (int r = 0; r < 16; r++) {
-            tw += pw[r][threadIdx.x];
-            tb += pb[r][threadIdx.x];
+    *tw = 0.0f, *tb = 0.0f;
+    if (threadIdx.y == 0)
+        for (int g = 0; g < LN_GROUPS; g++) {
+            *tw += sw[g][threadIdx.x];
+            *tb += sb[g][threadIdx.x];
         }
+    __syncthreads(); /* sw, sb are reused by the next chunk */
+}
+
+/* Pass 1. pw, pb [R, D], R = ceil(N / LN_CHUNK): the sums over the rows of
+ * chunk r. Block (LN_COLS, LN_GROUPS); grid (column tiles, chunks), the chunks
+ * grid-strided in case R exceeds the grid's y limit. */
+__global__ void layernorm_dparams_partial_kernel(float *pw, float *pb, const float *dout, const float *in,
+                                                 const float *mean, const float *rstd, int N, int D) {
+    __shared__ float sw[LN_GROUPS][LN_COLS + 1], sb[LN_GROUPS][LN_COLS + 1];
+    int i = blockIdx.x * LN_COLS + threadIdx.x, R = (N + LN_CHUNK - 1) / LN_CHUNK;
+    for (int r = blockIdx.y; r < R; r += gridDim.y) {
+        int hi = min(N, (r + 1) * LN_CHUNK);
+        float aw = 0.0f, ab = 0.0f;
+        if (i < D)
+            for (int n = r * LN_CHUNK + threadIdx.y; n < hi; n += LN_GROUPS) {
+                float dy = dout[(long)n * D + i];
+                aw += dy * ((in[(long)n * D + i] - mean[n]) * rstd[n]);
+                ab += dy;
+            }
+        float tw, tb;
+        sum_groups(aw, ab, sw, sb, &tw, &tb);
+        if (threadIdx.y == 0 && i < D) {
+            pw[(long)r * D + i] = tw;
+            pb[(long)r * D + i] = tb;
+        }
+    }
+}
+
+/* Pass 2. dw[i] += sum_r pw[r][i], db[i] += sum_r pb[r][i]. Same block shape:
+ * each row group adds every LN_GROUPS-th chunk, then the groups in order. */
+__global__ void layernorm_dparams_sum_kernel(float *dw, float *db, const float *pw, const float *pb, int R, int D) {
+    __shared__ float sw[LN_GROUPS][LN_COLS + 1], sb[LN_GROUPS][LN_COLS + 1];
+    int i = blockIdx.x * LN_COLS + threadIdx.x;
+    float aw = 0.0f, ab = 0.0f;
+    if (i < D)
+        for (int r = threadIdx.y; r < R; r += LN_GROUPS) {
+            aw += pw[(long)r * D + i];
+            ab += pb[(long)r * D + i];
+        }
+    float tw, tb;
+    sum_groups(aw, ab, sw, sb, &tw, &tb);
+    if (threadIdx.y == 0 && i < D) {
         dw[i] += tw;
         db[i] += tb;
     }
@@ -105,8 +150,14 @@ void tfm_cuda_layernorm_backward(float *din, float *dw, float *db, const float *
                                  int accumulate) {
     if (N <= 0 || D <= 0) return;
     cudaStream_t st = tfm_cuda_stream();
+    int R = (N + LN_CHUNK - 1) / LN_CHUNK;
+    /* Before the launches: growing the scratch synchronises the stream. */
+    float *pw = (float *)tfm_cuda_scratch((size_t)2 * R * D * sizeof(float)), *pb = pw + (size_t)R * D;
     layernorm_din_kernel<<<row_blocks(N), 32 * LN_WARPS, 0, st>>>(din, dout, in, mean, rstd, w, N, D, accumulate);
     TFM_CUDA_LAUNCHED();
-    layernorm_dparams_kernel<<<(D + 31) / 32, dim3(32, 16), 0, st>>>(dw, db, dout, in, mean, rstd, N, D);
+    dim3 block(LN_COLS, LN_GROUPS), grid((D + LN_COLS - 1) / LN_COLS, R < 65535 ? R : 65535);
+    layernorm_dparams_partial_kernel<<<grid, block, 0, st>>>(pw, pb, dout, in, mean, rstd, N, D);
+    TFM_CUDA_LAUNCHED();
+    layernorm_dparams_sum_kernel<<<grid.x, block, 0, st>>>(dw, db, pw, pb, R, D);
     TFM_CUDA_LAUNCHED();
 }
