@@ -156,6 +156,107 @@ static void test_memory(void) {
     free(x), free(y);
 }
 
+/* topk_logprobs and argmax_rows on x [N, V] (host) against the CPU: ids
+ * exact; log-probabilities within 1e-5 where finite, and -inf (rows of -inf
+ * logits) at the same places. Returns the GPU's ids [N, K] (the caller frees). */
+static int32_t *topk_case(const char *what, const float *x, int N, int V, int K, int sa, int sb, int sc) {
+    size_t nk = (size_t)N * K;
+    int32_t *ids = xmalloc(nk * sizeof *ids), *gids = xmalloc(nk * sizeof *gids);
+    float *vals = xmalloc(nk * sizeof *vals);
+    float *d_x = dputf(x, (size_t)N * V), *d_vals = G->alloc(nk * sizeof *d_vals);
+    int32_t *d_ids = G->alloc(nk * sizeof *d_ids);
+    G->topk_logprobs(d_ids, d_vals, d_x, N, V, K, sa, sb, sc);
+    C->topk_logprobs(ids, vals, x, N, V, K, sa, sb, sc);
+    G->download(gids, d_ids, nk * sizeof *gids);
+    float *gvals = dget(d_vals, nk);
+    size_t id_diff = 0, inf_diff = 0, nfin = 0;
+    for (size_t i = 0; i < nk; i++) {
+        id_diff += ids[i] != gids[i];
+        if (!isfinite(vals[i]) || !isfinite(gvals[i])) {
+            inf_diff += !(vals[i] == -INFINITY && gvals[i] == -INFINITY);
+            continue;
+        }
+        vals[nfin] = vals[i], gvals[nfin] = gvals[i], nfin++; /* the finite ones, compacted */
+    }
+    char name[96];
+    snprintf(name, sizeof name, "topk_logprobs %s: ids", what);
+    printf("%-48s %s (%zu of %zu differ; %zu -inf misplaced)\n", name, id_diff || inf_diff ? "FAIL" : "exact",
+           id_diff, nk, inf_diff);
+    CHECK(id_diff == 0 && inf_diff == 0, "%s", name);
+    snprintf(name, sizeof name, "topk_logprobs %s: log-probabilities", what);
+    tfm_test_close(name, gvals, vals, nfin, 1e-5);
+
+    int32_t *best = xmalloc((size_t)N * sizeof *best), *gbest = xmalloc((size_t)N * sizeof *gbest);
+    int32_t *d_best = G->alloc((size_t)N * sizeof *d_best);
+    G->argmax_rows(d_best, d_x, N, V, sa, sb, sc);
+    C->argmax_rows(best, x, N, V, sa, sb, sc);
+    G->download(gbest, d_best, (size_t)N * sizeof *gbest);
+    int same = !memcmp(best, gbest, (size_t)N * sizeof *best);
+    snprintf(name, sizeof name, "argmax_rows %s", what);
+    printf("%-48s %s\n", name, same ? "exact" : "FAIL");
+    CHECK(same, "%s", name);
+    G->free(d_x), G->free(d_vals), G->free(d_ids), G->free(d_best);
+    free(ids), free(vals), free(gvals), free(best), free(gbest);
+    return gids;
+}
+
+/* Decoding logits [N, V] in [-3, 3], with what the top k must get right,
+ * by row mod 4: (0) the skipped ids 0 and 1 hold the best values, id V-1 the
+ * best of the rest; (1) twelve equal values above the rest, spread over the
+ * threads' shares of the row (the lowest ids win); (2) k-1 distinct best
+ * values, then a tie at the k-th place between ids 5 and V-3 (5 wins; needs
+ * V >= k * 8); (3) random (ties by chance only). */
+static float *topk_logits(int N, int V, int K) {
+    float *x = hrand((size_t)N * V, -3, 3);
+    for (int r = 0; r < N; r++) {
+        float *row = x + (size_t)r * V;
+        if (r % 4 == 0) row[0] = row[1] = 50.0f, row[V - 1] = 10.0f;
+        if (r % 4 == 1)
+            for (int j = 0; j < 12; j++) row[j * (V / 12) + r % 7] = 8.0f;
+        if (r % 4 == 2) {
+            for (int j = 0; j < K - 1; j++) row[(j + 1) * (V / K)] = 40.0f - j; /* all above 5 for K <= 36 */
+            row[5] = row[V - 3] = 5.0f;
+        }
+    }
+    return x;
+}
+
+/* The top k at decoding's sizes (beam 4 over 64 sentences: 256 rows of a
+ * 37000-token vocabulary; V % 4 != 0 for rows that start unaligned), ties,
+ * rows of -inf, few candidates per thread, and k above the fast path's 16. */
+static void test_topk(void) {
+    static const struct {
+        int N, V, K;
+    } cases[] = {{256, 37000, 8}, {256, 37000, 2}, {64, 37003, 16}, {13, 5001, 3}, {7, 5003, 20}, {3, 21, 16}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        int N = cases[c].N, V = cases[c].V, K = cases[c].K;
+        float *x = topk_logits(N, V, K);
+        char what[64];
+        snprintf(what, sizeof what, "%d x %d, k %d", N, V, K);
+        int32_t *ids = topk_case(what, x, N, V, K, 0, 1, 2);
+        if (V >= 8 * K && N >= 3) /* the planted rows; in row 1 the first tie is id 1, skipped */
+            CHECK(ids[0] == V - 1 && ids[K] == V / 12 + 1 && ids[2 * K + K - 1] == 5,
+                  "topk %s: ids %d %d %d, want %d %d 5", what, ids[0], ids[K], ids[2 * K + K - 1], V - 1,
+                  V / 12 + 1);
+        free(ids), free(x);
+    }
+    /* Rows of -inf but for a few values (k beyond the finite ones: the lowest
+     * ids of -inf follow, as on the CPU), one with every finite value
+     * skipped but the last id, one half -inf. */
+    int N = 4, V = 1001, K = 8;
+    float *x = hrand((size_t)N * V, -3, 3);
+    for (int v = 0; v < V; v++) {
+        x[v] = x[V + v] = -INFINITY;
+        if (v % 2) x[2 * V + v] = -INFINITY;
+    }
+    x[17] = 1.0f, x[500] = 2.0f, x[999] = 1.0f;
+    x[V + 0] = 3.0f, x[V + 998] = 4.0f, x[V + 1000] = -2.0f;
+    int32_t *ids = topk_case("4 x 1001, k 8, rows of -inf", x, N, V, K, 0, 1, 998);
+    CHECK(ids[0] == 500 && ids[1] == 17 && ids[2] == 999 && ids[3] == 2 && ids[K] == 1000 && ids[K + 1] == 2,
+          "topk rows of -inf: %d %d %d %d, %d %d", ids[0], ids[1], ids[2], ids[3], ids[K], ids[K + 1]);
+    free(ids), free(x);
+}
+
 /* Row ops of decoding: strided row copies (the KV-cache append), gathers
  * (beam reordering) and the argmax of each row (greedy), with ties and
  * skipped ids; all exact. */
@@ -210,6 +311,7 @@ static void test_rows(void) {
     G->free(d_ids), G->free(d_vals);
     G->free(d_src), G->free(d_dst), G->free(d_from), G->free(d_g), G->free(d_x), G->free(d_out);
     free(src), free(dst), free(dst_ref), free(g_ref), free(x);
+    test_topk();
 }
 
 /* ---------------------------------------------------- flat buffers, Adam */
@@ -266,9 +368,30 @@ static void test_flat(void) {
 
 /* ------------------------------------------------------------------ GEMM */
 
+/* x rounded to the nearest bf16 (ties to even), as a float: what the CUDA
+ * backend's BF16 mode multiplies. Finite x only (the tests' inputs). */
+static float bf16_round(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    u &= 0xffff0000u;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+/* A copy of x[n] with every element rounded to bf16. */
+static float *hround(const float *x, size_t n) {
+    float *y = xmalloc(n * sizeof *y);
+    for (size_t i = 0; i < n; i++) y[i] = bf16_round(x[i]);
+    return y;
+}
+
 /* C = alpha op(A) op(B) + beta C with row strides wider than the rows. With
- * beta == 0, C starts as NaN (never read) with GAP between rows. */
-static void gemm_case(const char *name, int ta, int tb, int M, int N, int K, float alpha, float beta, int offset) {
+ * beta == 0, C starts as NaN (never read) with GAP between rows. bf16: the
+ * GPU is in BF16 mode, and the CPU multiplies the operands rounded to bf16,
+ * which must then give the GPU's result within TOL (fp32 sums both sides). */
+static void gemm_case_prec(const char *name, int ta, int tb, int M, int N, int K, float alpha, float beta,
+                           int offset, int bf16) {
     int ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
     int lda = ac + 3, ldb = bc + 5, ldc = N + 2;
     /* `offset` floats in front: pointers only 4-byte aligned, as a head's slice of a buffer. */
@@ -277,10 +400,19 @@ static void gemm_case(const char *name, int ta, int tb, int M, int N, int K, flo
     float *c = beta == 0 ? hstrided(M, N, ldc, 1) : hstrided(M, N, ldc, 0);
     float *da = dputf(a, na), *db = dputf(b, nb), *dc = dputf(c, nc);
     G->gemm(ta, tb, M, N, K, alpha, da + offset, lda, db + offset, ldb, beta, dc, ldc);
+    if (bf16) {
+        float *ra = hround(a, na), *rb = hround(b, nb);
+        free(a), free(b);
+        a = ra, b = rb;
+    }
     C->gemm(ta, tb, M, N, K, alpha, a + offset, lda, b + offset, ldb, beta, c, ldc);
     cmp(name, dc, c, nc);
     G->free(da), G->free(db), G->free(dc);
     free(a), free(b), free(c);
+}
+
+static void gemm_case(const char *name, int ta, int tb, int M, int N, int K, float alpha, float beta, int offset) {
+    gemm_case_prec(name, ta, tb, M, N, K, alpha, beta, offset, 0);
 }
 
 static void test_gemm(void) {
@@ -306,7 +438,10 @@ static void test_gemm(void) {
 /* The tensor-core modes: operands rounded to tf32 / bf16, fp32 sums. Bounds
  * (relative to the largest |C|, K = 509 products of values in [-1, 1]):
  * tf32 2e-3, bf16 1e-2; and the error must exceed 1e-6, which shows that the
- * mode took effect (fp32 gives about 5e-7 here). Back to fp32 after. */
+ * mode took effect (fp32 gives about 5e-7 here). Back to fp32 after. These
+ * products are too small for BF16 mode's bf16 copies to pay (gemm.cu,
+ * bf16_pays): they take its fallback, FAST_16BF on the fp32 operands;
+ * test_gemm_bf16 covers the copies. */
 static void test_gemm_precision(void) {
     static const struct { tfm_matmul_precision p; const char *name; double tol; } modes[] = {
         {TFM_MATMUL_TF32, "gemm NT 301x257x509 tf32", 2e-3},
@@ -346,6 +481,59 @@ static void test_gemm_precision(void) {
     }
     CHECK(G->set_matmul_precision(TFM_MATMUL_FP32), "fp32 mode refused");
     CHECK(!C->set_matmul_precision(TFM_MATMUL_BF16), "the CPU accepted bf16");
+}
+
+/* BF16 mode's products on bf16 copies of the operands, at sizes where the
+ * copies pay (at least 512 flops per element converted): against the CPU on
+ * operands rounded to bf16 (ties to even), within TOL, which shows both that
+ * the GPU rounded them so and that its sums are fp32. gemm: every transpose,
+ * odd row strides and 4-byte aligned operands (the conversion's scalar
+ * loads, rows padded to 8), beta 0.3; linear_forward with the bias in the
+ * epilogue (16-byte aligned) and by the bias kernel (4-byte aligned);
+ * linear_backward with din += (beta 1), dw += (beta 1) and db (fp32, so
+ * against the CPU on the unrounded dout). Back to fp32 after. */
+static void test_gemm_bf16(void) {
+    CHECK(G->set_matmul_precision(TFM_MATMUL_BF16), "bf16 mode refused");
+    static const char *tn[2][2] = {{"gemm NN", "gemm NT"}, {"gemm TN", "gemm TT"}};
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            char name[64];
+            snprintf(name, sizeof name, "%s 601x523x300 bf16 copies", tn[ta][tb]);
+            gemm_case_prec(name, ta, tb, 601, 523, 300, 0.7f, 0.3f, 1, 1);
+        }
+
+    int n = 1000, in_f = 512, out_f = 640;
+    float *x = hrand((size_t)n * in_f, -1, 1), *w = hrand((size_t)out_f * in_f, -1, 1);
+    float *bias = hrand(out_f + 1, -2, 2);
+    float *rx = hround(x, (size_t)n * in_f), *rw = hround(w, (size_t)out_f * in_f);
+    float *dx = dputf(x, (size_t)n * in_f), *dw = dputf(w, (size_t)out_f * in_f), *dbias = dputf(bias, out_f + 1);
+    for (int b_off = 0; b_off < 2; b_off++) {
+        char name[96];
+        snprintf(name, sizeof name, "linear_forward %dx%d->%d b+%d bf16 copies", n, in_f, out_f, b_off);
+        float *y = hnan((size_t)n * out_f), *dy = dputf(y, (size_t)n * out_f);
+        G->linear_forward(dy, dx, dw, dbias + b_off, n, in_f, out_f);
+        C->linear_forward(y, rx, rw, bias + b_off, n, in_f, out_f);
+        cmp(name, dy, y, (size_t)n * out_f);
+        G->free(dy), free(y);
+    }
+    G->free(dx), G->free(dw), G->free(dbias);
+    free(x), free(w), free(bias), free(rx), free(rw);
+
+    int N = 777, I = 520, O = 392;
+    float *in = hrand((size_t)N * I, -1, 1), *wt = hrand((size_t)O * I, -0.5f, 0.5f), *dout = hrand((size_t)N * O, -1, 1);
+    float *din = hrand((size_t)N * I, -1, 1), *dwt = hrand((size_t)O * I, -1, 1), *db = hrand(O, -1, 1);
+    float *d_in = dputf(in, (size_t)N * I), *d_w = dputf(wt, (size_t)O * I), *d_dout = dputf(dout, (size_t)N * O);
+    float *d_din = dputf(din, (size_t)N * I), *d_dw = dputf(dwt, (size_t)O * I), *d_db = dputf(db, O);
+    G->linear_backward(d_din, d_dw, d_db, d_dout, d_in, d_w, N, I, O, 1);
+    float *r_in = hround(in, (size_t)N * I), *r_w = hround(wt, (size_t)O * I), *r_dout = hround(dout, (size_t)N * O);
+    C->linear_backward(din, dwt, NULL, r_dout, r_in, r_w, N, I, O, 1);
+    C->linear_backward(NULL, NULL, db, dout, in, wt, N, I, O, 1);
+    cmp("linear_backward 777x520->392 acc=1 bf16 copies din", d_din, din, (size_t)N * I);
+    cmp("linear_backward 777x520->392 acc=1 bf16 copies dw", d_dw, dwt, (size_t)O * I);
+    cmp("linear_backward 777x520->392 acc=1 bf16 copies db", d_db, db, O);
+    G->free(d_in), G->free(d_w), G->free(d_dout), G->free(d_din), G->free(d_dw), G->free(d_db);
+    free(in), free(wt), free(dout), free(din), free(dwt), free(db), free(r_in), free(r_w), free(r_dout);
+    CHECK(G->set_matmul_precision(TFM_MATMUL_FP32), "fp32 mode refused");
 }
 
 /* in[N,I] w[O,I] b[O] at b_off floats into its buffer: the bias rides in
@@ -582,13 +770,14 @@ typedef struct attn_case {
     int B, H, Tq, Tk, dk, dv, causal, q_offset;
     int pad;     /* 0 none; 1 random keys masked, and every key of the last batch row */
     float dropout;
+    int dense;   /* 1: rows of exactly H*d, batches of exactly T rows (aligned float4 loads) */
 } attn_case;
 
-/* Strided q/k/v/out: each row wider than H*d, each batch longer than T rows.
- * Returns the element count; *row and *batch the strides. */
-static size_t attn_layout(int B, int T, int H, int d, long *row, long *batch) {
-    *row = (long)H * d + 3;
-    *batch = (long)T * *row + 5;
+/* Strided q/k/v/out: each row wider than H*d, each batch longer than T rows
+ * (unless dense). Returns the element count; *row and *batch the strides. */
+static size_t attn_layout(int B, int T, int H, int d, int dense, long *row, long *batch) {
+    *row = (long)H * d + (dense ? 0 : 3);
+    *batch = (long)T * *row + (dense ? 0 : 5);
     return (size_t)B * *batch;
 }
 
@@ -608,10 +797,10 @@ static void test_attention(const attn_case *ac) {
     d.causal = ac->causal, d.q_offset = ac->q_offset;
     d.scale = 1.0 / sqrt((double)ac->dk);
     d.dropout = ac->dropout, d.seed = 987654321u, d.stream = 17;
-    size_t nq = attn_layout(d.B, d.Tq, d.H, d.dk, &d.q_row, &d.q_batch);
-    size_t nk = attn_layout(d.B, d.Tk, d.H, d.dk, &d.k_row, &d.k_batch);
-    size_t nv = attn_layout(d.B, d.Tk, d.H, d.dv, &d.v_row, &d.v_batch);
-    size_t no = attn_layout(d.B, d.Tq, d.H, d.dv, &d.o_row, &d.o_batch);
+    size_t nq = attn_layout(d.B, d.Tq, d.H, d.dk, ac->dense, &d.q_row, &d.q_batch);
+    size_t nk = attn_layout(d.B, d.Tk, d.H, d.dk, ac->dense, &d.k_row, &d.k_batch);
+    size_t nv = attn_layout(d.B, d.Tk, d.H, d.dv, ac->dense, &d.v_row, &d.v_batch);
+    size_t no = attn_layout(d.B, d.Tq, d.H, d.dv, ac->dense, &d.o_row, &d.o_batch);
     size_t np = (size_t)d.B * d.H * d.Tq * d.Tk;
 
     uint8_t *pad = NULL, *d_pad = NULL;
@@ -881,30 +1070,66 @@ int main(void) {
     test_rows();
     test_gemm();
     test_gemm_precision();
+    test_gemm_bf16();
     test_linear();
     test_embedding();
     test_layernorm(57, 83);
     test_layernorm(1201, 83);
+    /* The forward's register kernel: decoding's few rows; float4 loads (D % 4
+     * == 0) or scalar ones; each size of its row in registers (D <= 128, 256,
+     * 512, 1024); D > 1024 takes the three-pass kernel. */
+    static const int ln_sizes[][2] = {{1, 512}, {7, 512}, {256, 512}, {1, 511}, {7, 511}, {256, 511},
+                                      {5, 100}, {5, 256}, {3, 1024}, {3, 1023}, {3, 1025}};
+    for (size_t i = 0; i < sizeof ln_sizes / sizeof ln_sizes[0]; i++) test_layernorm(ln_sizes[i][0], ln_sizes[i][1]);
     test_activation();
     test_dropout();
     static const attn_case cases[] = {
-        {"plain", 2, 3, 19, 19, 22, 26, 0, 0, 0, 0.0f},
-        {"causal", 3, 2, 37, 37, 18, 14, 1, 0, 0, 0.0f},
-        {"causal q_offset (decode)", 2, 3, 5, 29, 22, 22, 1, 24, 0, 0.0f},
-        {"cross pad (Tq!=Tk)", 3, 2, 23, 31, 20, 18, 0, 0, 1, 0.0f},
-        {"causal q_offset<0 masked rows", 2, 2, 13, 11, 10, 6, 1, -3, 0, 0.0f},
-        {"dropout causal pad", 3, 3, 33, 33, 14, 22, 1, 0, 1, 0.2f},
-        {"dropout cross", 2, 2, 17, 41, 26, 10, 0, 0, 0, 0.15f},
-        {"large causal pad dropout", 4, 8, 97, 97, 64, 64, 1, 0, 1, 0.1f},
-        /* The products' tile sizes: 32x32 and 32x64 tiles at the base model's
-         * shapes, 64x32 tiles (Tq 33..64), and more (b, h) pairs than one grid
-         * dimension holds (B*H > 65535: blocks walk several). */
-        {"base 32x32 dk 64 pad dropout", 40, 8, 32, 32, 64, 64, 0, 0, 1, 0.1f},
-        {"cross Tq 32 Tk 64 dk 64", 6, 8, 32, 64, 64, 64, 0, 0, 1, 0.0f},
-        {"Tq 50 Tk 20 dk 33 dv 31", 3, 5, 50, 20, 33, 31, 1, 10, 0, 0.0f},
-        {"B*H > 65535", 8200, 8, 3, 2, 5, 3, 0, 0, 0, 0.0f},
+        {"plain", 2, 3, 19, 19, 22, 26, 0, 0, 0, 0.0f, 0},
+        {"causal", 3, 2, 37, 37, 18, 14, 1, 0, 0, 0.0f, 0},
+        {"causal q_offset (decode)", 2, 3, 5, 29, 22, 22, 1, 24, 0, 0.0f, 0},
+        {"cross pad (Tq!=Tk)", 3, 2, 23, 31, 20, 18, 0, 0, 1, 0.0f, 0},
+        {"causal q_offset<0 masked rows", 2, 2, 13, 11, 10, 6, 1, -3, 0, 0.0f, 0},
+        {"dropout causal pad", 3, 3, 33, 33, 14, 22, 1, 0, 1, 0.2f, 0},
+        {"dropout cross", 2, 2, 17, 41, 26, 10, 0, 0, 0, 0.15f, 0},
+        {"large causal pad dropout", 4, 8, 97, 97, 64, 64, 1, 0, 1, 0.1f, 0},
+        /* The base model's shapes (self 32x32, cross Tq 32 Tk 64), Tq 50, and
+         * more (b, h) pairs than one grid dimension of 65535 holds. */
+        {"base 32x32 dk 64 pad dropout", 40, 8, 32, 32, 64, 64, 0, 0, 1, 0.1f, 0},
+        {"cross Tq 32 Tk 64 dk 64", 6, 8, 32, 64, 64, 64, 0, 0, 1, 0.0f, 0},
+        {"Tq 50 Tk 20 dk 33 dv 31", 3, 5, 50, 20, 33, 31, 1, 10, 0, 0.0f, 0},
+        {"B*H > 65535", 8200, 8, 3, 2, 5, 3, 0, 0, 0, 0.0f, 0},
+        /* The dispatch of src/cuda/attention.cu from both sides: the forward's
+         * row kernel for Tq <= 4 (float4 key loads when dense, dv > 64 in
+         * several column chunks; Tk 3100 passes its shared memory and goes
+         * unfused), the unfused path from Tq 5 and for every backward. The
+         * shapes after Tq 5 sat at the thresholds of a tile forward and a
+         * fused backward since removed; they stay as shapes for the unfused
+         * path (Tq, Tk around 64 and 128, head sizes past 64). */
+        {"Tq 4 rows causal pad dropout", 3, 5, 4, 29, 20, 24, 1, 25, 1, 0.2f, 0},
+        {"Tq 4 rows dense pad dropout", 3, 5, 4, 37, 64, 64, 0, 0, 1, 0.1f, 1},
+        {"Tq 2 rows dense dk 132 dv 100", 3, 2, 2, 50, 132, 100, 1, 48, 1, 0.0f, 1},
+        {"Tq 1 rows Tk 300 pad", 4, 2, 1, 300, 16, 12, 0, 0, 1, 0.0f, 0},
+        {"Tq 1 Tk 3100 pad (row smem)", 2, 2, 1, 3100, 8, 8, 0, 0, 1, 0.0f, 0},
+        {"Tq 5 unfused cross pad", 3, 5, 5, 29, 20, 24, 0, 0, 1, 0.0f, 0},
+        {"Tq 64 Tk 64 causal dropout", 2, 3, 64, 64, 64, 64, 1, 0, 1, 0.1f, 0},
+        {"Tq 65 Tk 40 causal q_offset", 2, 2, 65, 40, 18, 18, 1, 30, 0, 0.0f, 0},
+        {"Tq 64 Tk 65 pad dropout", 2, 3, 64, 65, 24, 20, 0, 0, 1, 0.1f, 0},
+        {"Tq 40 Tk 128 pad dropout", 2, 3, 40, 128, 32, 48, 0, 0, 1, 0.1f, 0},
+        {"Tq 40 Tk 129 pad", 2, 3, 40, 129, 32, 48, 0, 0, 1, 0.0f, 0},
+        {"Tq 20 Tk 40 dk 130 dv 70 dropout", 2, 3, 20, 40, 130, 70, 1, 20, 1, 0.1f, 0},
+        {"Tq 40 Tk 100 dk 160 dv 96", 2, 2, 40, 100, 160, 96, 0, 0, 1, 0.0f, 0},
+        {"Tq 64 Tk 64 dk 96 dv 80", 2, 2, 64, 64, 96, 80, 1, 0, 0, 0.0f, 0},
+        {"B*H > 65535 Tq 6", 8200, 8, 6, 5, 5, 3, 1, 0, 0, 0.0f, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) test_attention(&cases[i]);
+    /* Decoding: one query over a cache of Tk = 1..33 keys (the row kernel),
+     * causal at the cache's offset, padded keys; dense (float4) for odd Tk. */
+    for (int tk = 1; tk <= 33; tk++) {
+        char name[64];
+        snprintf(name, sizeof name, "decode Tq 1 Tk %d pad%s", tk, tk % 2 ? " dense" : "");
+        attn_case c = {name, 5, 4, 1, tk, 64, 64, 1, tk - 1, 1, 0.0f, tk % 2};
+        test_attention(&c);
+    }
     test_xent(0.0f);
     test_xent(0.1f);
     test_log_softmax();

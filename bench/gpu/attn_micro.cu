@@ -7,8 +7,23 @@
  *   of one [N, 3*512] buffer): old 64x64-tile bgemm vs tfm_cuda_bgemm;
  *   the bias gradient (column sums of [25600, C]): one-pass colsum vs
  *   tfm_cuda_linear_backward(db only);
- *   linear forward with bias: gemm + bias kernel vs tfm_cuda_linear_forward
- *   (bias in the cuBLASLt epilogue).
+ *   linear forward with bias, and linear backward (din and dw, no db), at
+ *   the model's shapes (the generator's 512 -> 37000 included): cuBLASLt on
+ *   the fp32 operands in the mode's compute type (COMPUTE_32F, or with
+ *   --bf16 COMPUTE_32F_FAST_16BF, the library's bf16 path before it made
+ *   bf16 copies) plus a bias kernel, vs tfm_cuda_linear_forward /
+ *   tfm_cuda_linear_backward (with --bf16: conversion to bf16 copies, bf16
+ *   cuBLASLt, bias in the epilogue; the time includes the conversions).
+ *
+ *   the whole attention op through the backend table: at the base model's
+ *   training shapes (800 x 32 tokens, 8 heads, head size 64; self-attention
+ *   causal, cross-attention with padding; dropout 0.1) the forward and the
+ *   backward timed alone, as the library runs them (the unfused path: bgemm
+ *   products and row kernels; attention.cu has no fused training kernel); at
+ *   beam search's decoding shapes (256 rows = 64 sentences x beam 4, one
+ *   query over a KV cache of 33 keys, cross-attention over 32) the forward
+ *   unfused (tfm_cuda_attention_set_fused(0)) vs attention.cu's row kernel,
+ *   which must agree bit for bit: diff 0 expected. --attn runs this part only.
  *
  * Each line: median of 20 timed calls (CUDA events on the backend's stream)
  * and the largest |new - old| relative to max|old| (a sanity check only;
@@ -16,7 +31,7 @@
  * building the library in build-cuda, say) and run from the repository root:
  *
  *   nvcc -O2 -arch=sm_90 -std=c++17 -Iinclude -Isrc bench/gpu/attn_micro.cu -Lbuild-cuda -ltransformer -lcublasLt \
- *        -Xlinker -rpath,$PWD/build-cuda -o build-cuda/attn_micro && build-cuda/attn_micro [--bf16]
+ *        -Xlinker -rpath,$PWD/build-cuda -o build-cuda/attn_micro && build-cuda/attn_micro [--bf16] [--attn]
  */
 #include "cuda/cuda_internal.cuh"
 
@@ -242,6 +257,126 @@ static void line(const char *name, double old_ms, double new_ms, double flop, do
     printf("  diff %.1e\n", diff);
 }
 
+/* One time, nothing to compare it with. */
+static void line_one(const char *name, double ms, double flop) {
+    printf("%-34s     %8.1f us", name, ms * 1e3);
+    if (flop > 0) printf("  %6.1f TFLOP/s", flop / (ms * 1e-3) / 1e12);
+    printf("\n");
+}
+
+/* ------------------------------------------------------- the attention op */
+
+/* One shape of the attention op and its buffers' layout (in floats). */
+struct attn_shape {
+    const char *name;
+    int B, H, Tq, Tk, d, causal, q_offset, pad, train;
+    float dropout;
+    long q_row, q_batch, kv_row, kv_batch, k_off, v_off, o_row, o_batch; /* k = kv + k_off, v = kv + v_off */
+    size_t nq, nkv, no;                                                   /* buffer sizes of q, kv, out */
+};
+
+static uint8_t *dev_pad(int B, int stride, unsigned seed) {
+    std::vector<uint8_t> h((size_t)B * stride);
+    for (size_t i = 0; i < h.size(); i++) {
+        seed = seed * 1664525u + 1013904223u;
+        h[i] = (seed >> 24) < 26; /* about 10% of the keys masked */
+    }
+    uint8_t *d;
+    TFM_CUDA_CHECK(cudaMalloc(&d, h.size()));
+    TFM_CUDA_CHECK(cudaMemcpy(d, h.data(), h.size(), cudaMemcpyHostToDevice));
+    return d;
+}
+
+static float *dev_zeros(size_t n) {
+    float *d;
+    TFM_CUDA_CHECK(cudaMalloc(&d, n * sizeof(float)));
+    TFM_CUDA_CHECK(cudaMemset(d, 0, n * sizeof(float)));
+    return d;
+}
+
+/* Training shapes: times the forward and the backward as the library runs
+ * them (the unfused path). Decoding shapes: times the forward with the row
+ * kernel off (old), then on (new), and compares the two results. */
+static void attention_op(const tfm_backend *be, const attn_shape &s) {
+    size_t np = (size_t)s.B * s.H * s.Tq * s.Tk;
+    float *q = dev_random(s.nq, 11), *kv = dev_random(s.nkv, 12), *dout = dev_random(s.no, 13);
+    const float *k = kv + s.k_off, *v = kv + s.v_off;
+    uint8_t *pad = s.pad ? dev_pad(s.B, s.Tk, 14) : NULL;
+    int f0 = s.train ? 1 : 0; /* f = 0: unfused; 1: the library's choice (unfused too when training) */
+    float *out[2] = {NULL, NULL}, *probs[2] = {NULL, NULL}, *scr[2] = {NULL, NULL};
+    for (int f = f0; f < 2; f++) out[f] = dev_zeros(s.no), probs[f] = dev_zeros(np), scr[f] = dev_zeros(np);
+    tfm_attn_dims d;
+    memset(&d, 0, sizeof d);
+    d.B = s.B, d.H = s.H, d.Tq = s.Tq, d.Tk = s.Tk, d.dk = d.dv = s.d;
+    d.q_row = s.q_row, d.q_batch = s.q_batch, d.k_row = d.v_row = s.kv_row, d.k_batch = d.v_batch = s.kv_batch;
+    d.o_row = s.o_row, d.o_batch = s.o_batch;
+    d.causal = s.causal, d.q_offset = s.q_offset, d.key_pad = pad, d.key_pad_stride = s.Tk;
+    d.scale = 1.0 / sqrt((double)s.d), d.dropout = s.dropout, d.seed = 1, d.stream = 2;
+    double t_fwd[2] = {0, 0}, flop = 4.0 * s.B * s.H * s.Tq * s.Tk * s.d;
+    for (int f = f0; f < 2; f++) {
+        tfm_cuda_attention_set_fused(f);
+        float *sc = s.dropout > 0 ? scr[f] : NULL;
+        t_fwd[f] = time_ms([&] { be->attention_forward(out[f], probs[f], sc, q, k, v, &d); });
+    }
+    tfm_cuda_attention_set_fused(1);
+    char name[96];
+    snprintf(name, sizeof name, "%s fwd", s.name);
+    if (s.train) {
+        line_one(name, t_fwd[1], flop);
+        float *dq = dev_zeros(s.nq), *dkv = dev_zeros(s.nkv);
+        double t_bwd = time_ms([&] {
+            be->attention_backward(dq, dkv + s.k_off, dkv + s.v_off, scr[1], dout, probs[1], q, k, v, &d);
+        });
+        snprintf(name, sizeof name, "%s bwd", s.name);
+        line_one(name, t_bwd, 2 * flop);
+        TFM_CUDA_CHECK(cudaFree(dq));
+        TFM_CUDA_CHECK(cudaFree(dkv));
+    } else {
+        double diff = std::max(rel_diff(out[1], out[0], s.no), rel_diff(probs[1], probs[0], np));
+        if (s.dropout > 0) diff = std::max(diff, rel_diff(scr[1], scr[0], np));
+        line(name, t_fwd[0], t_fwd[1], flop, diff);
+    }
+    for (int f = f0; f < 2; f++) {
+        TFM_CUDA_CHECK(cudaFree(out[f]));
+        TFM_CUDA_CHECK(cudaFree(probs[f]));
+        TFM_CUDA_CHECK(cudaFree(scr[f]));
+    }
+    TFM_CUDA_CHECK(cudaFree(q));
+    TFM_CUDA_CHECK(cudaFree(kv));
+    TFM_CUDA_CHECK(cudaFree(dout));
+    TFM_CUDA_CHECK(cudaFree(pad));
+}
+
+static void attention_ops(const tfm_backend *be) {
+    const int H = 8, d = 64, D = H * d;
+    /* Training, B = 800, T = S = 32 (model.c). Self: q, k, v slices of one
+     * [N, 3D] buffer. Cross: q [N, D]; k, v slices of [B*S, 2D]. */
+    const int B = 800, T = 32;
+    const size_t N = (size_t)B * T;
+    attn_shape self = {"self 800x8 32x32 causal dropout", B, H, T, T, d, 1, 0, 0, 1, 0.1f,
+                       3 * D, (long)T * 3 * D, 3 * D, (long)T * 3 * D, D, 2 * D, D, (long)T * D,
+                       N * 3 * D, N * 3 * D, N * D};
+    attn_shape cross = {"cross 800x8 32x32 pad dropout", B, H, T, T, d, 0, 0, 1, 1, 0.1f,
+                        D, (long)T * D, 2 * D, (long)T * 2 * D, 0, D, D, (long)T * D,
+                        N * D, N * 2 * D, N * D};
+    /* Decoding, 256 rows of one query each (decode.c): self over caches
+     * [R, Tmax = 33, D] for k and v (one buffer here, v behind k), q in the
+     * step's [R, 3D]; cross over [R, S = 32, 2D]. */
+    const int R = 256, L = 33, S = 32;
+    attn_shape dself = {"decode self 256x8 Tq 1 Tk 33 pad", R, H, 1, L, d, 1, L - 1, 1, 0, 0.0f,
+                        3 * D, 3 * D, D, (long)L * D, 0, (long)R * L * D, D, D,
+                        (size_t)R * 3 * D, (size_t)2 * R * L * D, (size_t)R * D};
+    attn_shape dcross = {"decode cross 256x8 Tq 1 Tk 32 pad", R, H, 1, S, d, 0, 0, 1, 0, 0.0f,
+                         D, D, 2 * D, (long)S * 2 * D, 0, D, D, D,
+                         (size_t)R * D, (size_t)R * S * 2 * D, (size_t)R * D};
+    printf("attention op, flops QK^T and PV (x2 backward): training shapes as the library runs them (unfused);\n"
+           "decoding: old = unfused (bgemm + row kernels), new = the row kernel\n");
+    attention_op(be, self);
+    attention_op(be, cross);
+    attention_op(be, dself);
+    attention_op(be, dcross);
+}
+
 int main(int argc, char **argv) {
     const char *why = NULL;
     const tfm_backend *be = tfm_backend_cuda(&why);
@@ -249,7 +384,19 @@ int main(int argc, char **argv) {
         fprintf(stderr, "attn_micro: no CUDA backend: %s\n", why ? why : "?");
         return 2;
     }
-    int bf16 = argc > 1 && !strcmp(argv[1], "--bf16");
+    int bf16 = 0, attn_only = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--bf16")) bf16 = 1;
+        else if (!strcmp(argv[i], "--attn")) attn_only = 1;
+        else {
+            fprintf(stderr, "usage: attn_micro [--bf16] [--attn]\n");
+            return 2;
+        }
+    }
+    if (attn_only) {
+        attention_ops(be);
+        return 0;
+    }
     if (bf16) tfm_cuda_set_matmul_precision(TFM_MATMUL_BF16);
     printf("attn_micro: precision %s (the linear lines; the attention products are fp32)\n", bf16 ? "bf16" : "fp32");
 
@@ -309,21 +456,8 @@ int main(int argc, char **argv) {
     printf("%-34s old %8.1f us  new %8.1f us  x%5.2f  cuBLASLt %8.1f us  (x18 attention layers a step)\n",
            "six products", sum_old * 1e3, sum_new * 1e3, sum_old / sum_new, sum_lt * 1e3);
 
-    /* ---- the whole attention op through the table (new only), causal, dropout 0.1 */
-    tfm_attn_dims d;
-    memset(&d, 0, sizeof d);
-    d.B = B, d.H = H, d.Tq = d.Tk = T, d.dk = d.dv = dk;
-    d.q_row = d.k_row = d.v_row = row, d.q_batch = d.k_batch = d.v_batch = batch;
-    d.o_row = D, d.o_batch = (long)T * D;
-    d.causal = 1, d.scale = 0.125, d.dropout = 0.1f, d.seed = 1, d.stream = 2;
-    float *probs = dev_random(np, 4), *scr = dev_random(np, 5), *out = dev_random(no, 6);
-    float *dqkv = dev_random(nqkv, 7);
-    double t_fwd = time_ms([&] { be->attention_forward(out, probs, scr, q, k, v, &d); });
-    double t_bwd = time_ms([&] {
-        be->attention_backward(dqkv, dqkv + D, dqkv + 2 * D, scr, dO, probs, q, k, v, &d);
-    });
-    printf("%-34s %8.1f us forward, %8.1f us backward (800x8x32x32, dk 64, causal, dropout)\n", "attention op",
-           t_fwd * 1e3, t_bwd * 1e3);
+    /* ---- the whole attention op through the table (see attention_ops) */
+    attention_ops(be);
 
     /* ---- bias gradient: column sums of [25600, C] */
     const int N = 25600;
@@ -347,22 +481,70 @@ int main(int argc, char **argv) {
         printf("%-34s new %.0f GB/s\n", "", (double)N * C * 4 / (t_new * 1e-3) / 1e9);
     }
 
-    /* ---- linear forward with bias: [25600, 512] -> 512 and -> 2048, [25600, 2048] -> 512 */
-    float *w = dev_random((size_t)2048 * 2048, 9), *bias = dev_random(2048, 10), *y_old, *y_new;
-    TFM_CUDA_CHECK(cudaMalloc(&y_old, (size_t)N * 2048 * sizeof(float)));
-    TFM_CUDA_CHECK(cudaMalloc(&y_new, (size_t)N * 2048 * sizeof(float)));
-    const int io[][2] = {{512, 512}, {512, 1536}, {512, 2048}, {2048, 512}};
+    /* ---- linear forward with bias and backward (din, dw): [25600, I] -> O.
+     * old: cuBLASLt on the fp32 operands (lt_plan as one batch of one head)
+     * in the mode's compute type, and the bias kernel. */
+    const cublasComputeType_t old_compute = bf16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
+    const int io[][2] = {{512, 512}, {512, 1536}, {512, 2048}, {2048, 512}, {512, 37000}};
+    const size_t max_out = (size_t)N * 37000, max_w = (size_t)37000 * 512;
+    float *w = dev_random(max_w, 9), *bias = dev_random(37000, 10), *y_old, *y_new;
+    float *din_old, *din_new, *dw_old, *dw_new;
+    TFM_CUDA_CHECK(cudaMalloc(&y_old, max_out * sizeof(float)));
+    TFM_CUDA_CHECK(cudaMalloc(&y_new, max_out * sizeof(float)));
+    TFM_CUDA_CHECK(cudaMalloc(&din_old, (size_t)N * 2048 * sizeof(float)));
+    TFM_CUDA_CHECK(cudaMalloc(&din_new, (size_t)N * 2048 * sizeof(float)));
+    TFM_CUDA_CHECK(cudaMalloc(&dw_old, max_w * sizeof(float)));
+    TFM_CUDA_CHECK(cudaMalloc(&dw_new, max_w * sizeof(float)));
     for (const auto &s : io) {
         int I = s[0], O = s[1];
-        double t_old = time_ms([&] {
-            tfm_cuda_gemm(0, 1, N, O, I, 1.0f, x, I, w, I, 0.0f, y_old, O);
-            dim3 grid((O + 255) / 256, 65535);
-            old_bias_add_kernel<<<grid, 256, 0, tfm_cuda_stream()>>>(y_old, bias, N, O);
-        });
-        double t_new = time_ms([&] { tfm_cuda_linear_forward(y_new, x, w, bias, N, I, O); });
+        /* One row-major product C[M,N] = A op(B) (+ beta C) as bgemm args, for lt_plan. */
+        auto args = [&](int ta, int tb, int M, int Nc, int K, const float *A, int lda, const float *Bm, int ldb,
+                        float beta, float *Cm, int ldc) {
+            tfm_cuda_bgemm_args g;
+            memset(&g, 0, sizeof g);
+            g.ta = ta, g.tb = tb, g.M = M, g.N = Nc, g.K = K, g.B = 1, g.H = 1, g.alpha = 1.0f, g.beta = beta;
+            g.A = A, g.lda = lda, g.Bm = Bm, g.ldb = ldb, g.C = Cm, g.ldc = ldc;
+            return g;
+        };
+        tfm_cuda_bgemm_args fwd = args(0, 1, N, O, I, x, I, w, I, 0.0f, y_old, O);
+        lt_batched pf = lt_plan(fwd, old_compute);
         char name[64];
         snprintf(name, sizeof name, "linear+bias 25600x%d->%d", I, O);
-        line(name, t_old, t_new, 2.0 * N * I * O, rel_diff(y_new, y_old, (size_t)N * O));
+        if (pf.ok) {
+            double t_old = time_ms([&] {
+                lt_run(pf, fwd);
+                dim3 grid((O + 255) / 256, 65535);
+                old_bias_add_kernel<<<grid, 256, 0, tfm_cuda_stream()>>>(y_old, bias, N, O);
+            });
+            double t_new = time_ms([&] { tfm_cuda_linear_forward(y_new, x, w, bias, N, I, O); });
+            line(name, t_old, t_new, 2.0 * N * I * O, rel_diff(y_new, y_old, (size_t)N * O));
+        } else {
+            printf("%-34s old: cuBLASLt has no algorithm\n", name);
+        }
+
+        /* Backward: dout = the forward's output; din = dout w (beta 0), dw += dout^T x (beta 1). */
+        const float *dout = y_old;
+        tfm_cuda_bgemm_args gdin = args(0, 0, N, I, O, dout, O, w, I, 0.0f, din_old, I);
+        tfm_cuda_bgemm_args gdw = args(1, 0, O, I, N, dout, O, x, I, 1.0f, dw_old, I);
+        lt_batched pdin = lt_plan(gdin, old_compute), pdw = lt_plan(gdw, old_compute);
+        snprintf(name, sizeof name, "linear bwd din,dw 25600x%d->%d", I, O);
+        if (pdin.ok && pdw.ok) {
+            double t_old = time_ms([&] {
+                lt_run(pdin, gdin);
+                lt_run(pdw, gdw);
+            });
+            double t_new =
+                time_ms([&] { tfm_cuda_linear_backward(din_new, dw_new, NULL, dout, x, w, N, I, O, 0); });
+            /* dw accumulated a different number of times on each side: compare one fresh call. */
+            TFM_CUDA_CHECK(cudaMemsetAsync(dw_old, 0, (size_t)O * I * sizeof(float), tfm_cuda_stream()));
+            TFM_CUDA_CHECK(cudaMemsetAsync(dw_new, 0, (size_t)O * I * sizeof(float), tfm_cuda_stream()));
+            lt_run(pdw, gdw);
+            tfm_cuda_linear_backward(NULL, dw_new, NULL, dout, x, w, N, I, O, 0);
+            double diff = std::max(rel_diff(din_new, din_old, (size_t)N * I), rel_diff(dw_new, dw_old, (size_t)O * I));
+            line(name, t_old, t_new, 4.0 * N * I * O, diff);
+        } else {
+            printf("%-34s old: cuBLASLt has no algorithm\n", name);
+        }
     }
     return 0;
 }

@@ -15,6 +15,7 @@
  */
 #include "cuda/cuda_internal.cuh"
 
+#include <limits.h>
 #include <string.h>
 
 #ifndef TFM_CUDA_ARCHS
@@ -118,46 +119,219 @@ __global__ void gather_rows_kernel(float *dst, const float *src, long row, size_
         d[i] = s[i];
 }
 
-/* One block per row: each thread keeps its best (value, index), then a tree
- * in shared memory; ties go to the lower index, as on the CPU. */
-__global__ void argmax_rows_kernel(int32_t *out, const float *x, int V, int sa, int sb, int sc) {
-    __shared__ float val[TFM_CUDA_THREADS];
-    __shared__ int idx[TFM_CUDA_THREADS];
-    const float *row = x + (size_t)blockIdx.x * V;
-    float bv = 0.0f;
-    int bi = -1;
-    for (int v = threadIdx.x; v < V; v += blockDim.x) {
-        if (v == sa || v == sb || v == sc) continue;
-        float f = row[v];
-        if (bi < 0 || f > bv) bv = f, bi = v; /* v grows: the first maximum stays */
+/* ---------------------------------------------- row argmax and top k (decoding)
+ *
+ *   x [N, V] logits    ids, vals [N, k]    out [N]
+ *
+ * Greedy decoding wants each row's argmax, beam search each row's k = 2 x beam
+ * best ids with their log-probabilities; both skip up to three ids (pad, bos).
+ * One block per row reads the row once: each thread walks its share in float4
+ * loads, keeping the running log-sum-exp and its own k best in registers
+ * (only values that reach its warp's bar, see topk_rows_kernel, are tried),
+ * then rounds of a warp argmax merge the threads' lists (within each warp,
+ * then across the warps). The CPU keeps the first of equal values in id
+ * order; here candidates are compared on (value, then the lower id), a total
+ * order, so the scan order does not matter and the ids come out the same. */
+
+#define TOPK_THREADS 256 /* one block per row */
+#define TOPK_WARPS (TOPK_THREADS / 32)
+#define TOPK_UNROLL 8    /* float4 loads in flight per thread: 2 rows per SM keep ~64 KiB in flight */
+#define TOPK_MAX 16      /* the largest k kept in registers (<= 29, the bar); larger k: the rescanning kernel */
+#define TOPK_NONE INT_MAX /* the id of an empty list slot (value -inf): worse than any real id */
+
+/* (v, i) before (bv, bi): the larger value, then the lower id. NaN is never before anything. */
+__device__ __forceinline__ bool cand_before(float v, int i, float bv, int bi) {
+    return v > bv || (v == bv && i < bi);
+}
+
+/* A thread's KT best candidates, best first, in registers (KT is a template
+ * argument so that every index is static). */
+template <int KT>
+struct topk_list {
+    float v[KT];
+    int i[KT];
+
+    __device__ __forceinline__ void clear() {
+#pragma unroll
+        for (int j = 0; j < KT; j++) v[j] = -INFINITY, i[j] = TOPK_NONE;
     }
-    val[threadIdx.x] = bv;
-    idx[threadIdx.x] = bi;
-    __syncthreads();
-    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) {
-            float ov = val[threadIdx.x + s];
-            int oi = idx[threadIdx.x + s];
-            int mi = idx[threadIdx.x];
-            if (oi >= 0 && (mi < 0 || ov > val[threadIdx.x] || (ov == val[threadIdx.x] && oi < mi))) {
-                val[threadIdx.x] = ov;
-                idx[threadIdx.x] = oi;
+    /* Takes (f, id) unless the list is full of better ones or id is skipped
+     * (the skip test is here, on the rare path, not on every element). */
+    __device__ __forceinline__ void add(float f, int id, int sa, int sb, int sc) {
+        if (!cand_before(f, id, v[KT - 1], i[KT - 1]) || id == sa || id == sb || id == sc) return;
+        v[KT - 1] = f, i[KT - 1] = id;
+#pragma unroll
+        for (int j = KT - 1; j > 0; j--) /* one bubble pass: the rest is sorted */
+            if (cand_before(v[j], i[j], v[j - 1], i[j - 1])) {
+                float tv = v[j];
+                int ti = i[j];
+                v[j] = v[j - 1], i[j] = i[j - 1];
+                v[j - 1] = tv, i[j - 1] = ti;
             }
-        }
-        __syncthreads();
     }
-    if (threadIdx.x == 0) out[blockIdx.x] = idx[0];
+    /* One round of the merge: every lane of the warp gets the best head of
+     * the 32 lists in (bv, bi), and the lane that held it drops it. Real ids
+     * are in one list only; empty slots (TOPK_NONE) win only when every list
+     * is empty, and then dropping them changes nothing. */
+    __device__ __forceinline__ void pop_warp_best(float &bv, int &bi) {
+        bv = v[0], bi = i[0];
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (cand_before(ov, oi, bv, bi)) bv = ov, bi = oi;
+        }
+        if (i[0] != bi) return;
+#pragma unroll
+        for (int j = 0; j < KT - 1; j++) v[j] = v[j + 1], i[j] = i[j + 1];
+        v[KT - 1] = -INFINITY, i[KT - 1] = TOPK_NONE;
+    }
+};
+
+/* The k-th largest (1 <= k <= 32) of the lanes' values x, in every lane: a
+ * bitonic sort across the warp, descending. */
+__device__ __forceinline__ float warp_kth_largest(float x, int k) {
+    int lane = threadIdx.x & 31;
+    for (int size = 2; size <= 32; size <<= 1)
+        for (int j = size >> 1; j > 0; j >>= 1) {
+            float y = __shfl_xor_sync(0xffffffffu, x, j);
+            bool desc = (lane & size) == 0, low = (lane & j) == 0;
+            x = low == desc ? fmaxf(x, y) : fminf(x, y);
+        }
+    return __shfl_sync(0xffffffffu, x, k - 1);
+}
+
+/* Running log-sum-exp: the row so far is m + log(s), s = sum exp(x - m).
+ * Adds n values whose maximum is bm (-inf values add nothing). */
+template <int n>
+__device__ __forceinline__ void lse_add(float &m, float &s, const float (&x)[n], float bm) {
+    float hi = fmaxf(m, bm);
+    if (hi == -INFINITY) return; /* all -inf so far: exp(-inf - -inf) would be NaN */
+    float t = s * expf(m - hi);
+#pragma unroll
+    for (int j = 0; j < n; j++) t += expf(x[j] - hi);
+    m = hi, s = t;
+}
+/* (m, s) += (om, os). */
+__device__ __forceinline__ void lse_merge(float &m, float &s, float om, float os) {
+    float hi = fmaxf(m, om);
+    if (hi == -INFINITY) return;
+    s = s * expf(m - hi) + os * expf(om - hi);
+    m = hi;
+}
+
+/* Block n: the k <= KT best of row n (skipping sa, sb, sc) into ids[n, 0..k),
+ * and with LOGPROBS their x - logsumexp(row) into vals[n, 0..k). A slot with
+ * no candidate (k above V minus the skipped ids) gets id -1. */
+template <int KT, bool LOGPROBS>
+__global__ void __launch_bounds__(TOPK_THREADS)
+    topk_rows_kernel(int32_t *ids, float *vals, const float *x, int V, int k, int sa, int sb, int sc) {
+    __shared__ float wv[TOPK_WARPS][KT], wm[TOPK_WARPS], ws[TOPK_WARPS];
+    __shared__ int wi[TOPK_WARPS][KT];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const float *row = x + (size_t)blockIdx.x * V;
+    topk_list<KT> best;
+    best.clear();
+    float m = -INFINITY, s = 0.0f;
+
+    /* float4 loads need 16-byte addresses (rows start anywhere when V % 4 != 0):
+     * the ids before the first aligned one ([0, head)) and after the last whole
+     * vector ([tail, V)) are read one by one. */
+    int head = (int)((4 - (((uintptr_t)row >> 2) & 3)) & 3);
+    if (head > V) head = V;
+    int nvec = (V - head) >> 2, tail = head + 4 * nvec;
+    float lm = -INFINITY; /* the largest value this thread has read */
+    for (int t = threadIdx.x; t < head + V - tail; t += TOPK_THREADS) {
+        int v = t < head ? t : tail + t - head;
+        float f[1] = {row[v]};
+        if (LOGPROBS) lse_add(m, s, f, f[0]);
+        lm = fmaxf(lm, f[0]);
+        best.add(f[0], v, sa, sb, sc);
+    }
+    /* The warp's bar: a value its k-th best candidate is known to reach, so
+     * that lanes test most values against it and leave their lists alone (a
+     * lane's own list would take about KT / i of its i-th values, and the
+     * warp would run every insertion that any of its lanes makes). The
+     * (k+3)-th largest of the lanes' maxima: of those k+3 lanes at most 3 owe
+     * their maximum to a skipped id, so at least k candidates of the warp
+     * reach the bar. */
+    float bar = -INFINITY;
+    const float4 *vec = (const float4 *)(row + head);
+    for (int q0 = 0; q0 < nvec; q0 += TOPK_UNROLL * TOPK_THREADS) { /* the same trip count in every thread */
+        float f[4 * TOPK_UNROLL]; /* every load of the batch before any use; -inf past the row */
+#pragma unroll
+        for (int u = 0; u < TOPK_UNROLL; u++) {
+            int q = q0 + u * TOPK_THREADS + threadIdx.x;
+            float4 g = q < nvec ? __ldg(vec + q) : make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
+            f[4 * u] = g.x, f[4 * u + 1] = g.y, f[4 * u + 2] = g.z, f[4 * u + 3] = g.w;
+        }
+        float bm = f[0];
+#pragma unroll
+        for (int j = 1; j < 4 * TOPK_UNROLL; j++) bm = fmaxf(bm, f[j]);
+        if (LOGPROBS) lse_add(m, s, f, bm);
+        lm = fmaxf(lm, bm);
+        bar = fmaxf(bar, warp_kth_largest(lm, k + 3));
+        if (bm < bar) continue; /* the usual case: nothing of this batch can be among the best */
+#pragma unroll
+        for (int u = 0; u < TOPK_UNROLL; u++) {
+            int q = q0 + u * TOPK_THREADS + threadIdx.x;
+            if (q >= nvec) break;
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                if (f[4 * u + e] >= bar) best.add(f[4 * u + e], head + 4 * q + e, sa, sb, sc);
+        }
+    }
+
+    /* Each warp's k best (a warp's top k holds at most k from one lane, so
+     * KT >= k per lane is enough) and its log-sum-exp, to shared memory. */
+    for (int j = 0; j < k; j++) {
+        float bv;
+        int bi;
+        best.pop_warp_best(bv, bi);
+        if (lane == 0) wv[warp][j] = bv, wi[warp][j] = bi;
+    }
+    if (LOGPROBS) {
+        for (int o = 16; o > 0; o >>= 1)
+            lse_merge(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
+        if (lane == 0) wm[warp] = m, ws[warp] = s;
+    }
+    __syncthreads();
+    if (warp != 0) return;
+
+    /* Warp 0: lane w takes warp w's list (sorted), and the same rounds give the block's k best. */
+    best.clear();
+#pragma unroll
+    for (int j = 0; j < KT; j++)
+        if (lane < TOPK_WARPS && j < k) best.v[j] = wv[lane][j], best.i[j] = wi[lane][j];
+    float lse = 0.0f;
+    if (LOGPROBS) {
+        m = lane < TOPK_WARPS ? wm[lane] : -INFINITY;
+        s = lane < TOPK_WARPS ? ws[lane] : 0.0f;
+        for (int o = 16; o > 0; o >>= 1)
+            lse_merge(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
+        lse = m + (float)log((double)s); /* as the CPU's row_logsumexp */
+    }
+    for (int j = 0; j < k; j++) {
+        float bv;
+        int bi;
+        best.pop_warp_best(bv, bi);
+        if (lane == 0) {
+            ids[(size_t)blockIdx.x * k + j] = bi == TOPK_NONE ? -1 : bi;
+            if (LOGPROBS) vals[(size_t)blockIdx.x * k + j] = bv - lse;
+        }
+    }
 }
 
 static void cu_argmax_rows(int32_t *out, const float *x, int N, int V, int skip_a, int skip_b, int skip_c) {
     if (N <= 0) return;
-    argmax_rows_kernel<<<(unsigned)N, TFM_CUDA_THREADS, 0, g_stream>>>(out, x, V, skip_a, skip_b, skip_c);
+    topk_rows_kernel<1, false><<<(unsigned)N, TOPK_THREADS, 0, g_stream>>>(out, NULL, x, V, 1, skip_a, skip_b,
+                                                                          skip_c);
     TFM_CUDA_LAUNCHED();
 }
 
-/* Beam candidates: one block per row. The row's log-sum-exp (max, then the
- * sum of exp), then k rounds of a block argmax over the ids not yet taken
- * (k = 2 x beam is small; each round rescans the row, which stays in L2). */
+/* The fallback for k > TOPK_MAX: one block per row, the row's log-sum-exp
+ * (max, then the sum of exp), then k rounds of a block argmax over the ids
+ * not yet taken (each round rescans the row, which stays in L2: slow, but no
+ * caller asks for such k today). */
 __device__ static void block_best(float *sv, int *si, float v, int i) {
     sv[threadIdx.x] = v;
     si[threadIdx.x] = i;
@@ -175,8 +349,8 @@ __device__ static void block_best(float *sv, int *si, float v, int i) {
     }
 }
 
-__global__ void topk_logprobs_kernel(int32_t *ids, float *vals, const float *x, int V, int k, int sa, int sb,
-                                     int sc) {
+__global__ void topk_logprobs_rescan_kernel(int32_t *ids, float *vals, const float *x, int V, int k, int sa,
+                                            int sb, int sc) {
     extern __shared__ int taken[]; /* [k] */
     __shared__ float sv[TFM_CUDA_THREADS];
     __shared__ int si[TFM_CUDA_THREADS];
@@ -222,11 +396,23 @@ __global__ void topk_logprobs_kernel(int32_t *ids, float *vals, const float *x, 
     }
 }
 
+/* The list length is k rounded up to a power of two (a longer list than k
+ * only keeps a few more candidates; the output is the same). */
 static void cu_topk_logprobs(int32_t *ids, float *vals, const float *x, int N, int V, int k, int skip_a,
                              int skip_b, int skip_c) {
     if (N <= 0 || k <= 0) return;
-    topk_logprobs_kernel<<<(unsigned)N, TFM_CUDA_THREADS, (size_t)k * sizeof(int), g_stream>>>(ids, vals, x, V, k,
-                                                                                            skip_a, skip_b, skip_c);
+    dim3 grid((unsigned)N), block(TOPK_THREADS);
+    if (k <= 2)
+        topk_rows_kernel<2, true><<<grid, block, 0, g_stream>>>(ids, vals, x, V, k, skip_a, skip_b, skip_c);
+    else if (k <= 4)
+        topk_rows_kernel<4, true><<<grid, block, 0, g_stream>>>(ids, vals, x, V, k, skip_a, skip_b, skip_c);
+    else if (k <= 8)
+        topk_rows_kernel<8, true><<<grid, block, 0, g_stream>>>(ids, vals, x, V, k, skip_a, skip_b, skip_c);
+    else if (k <= TOPK_MAX)
+        topk_rows_kernel<TOPK_MAX, true><<<grid, block, 0, g_stream>>>(ids, vals, x, V, k, skip_a, skip_b, skip_c);
+    else
+        topk_logprobs_rescan_kernel<<<grid, TFM_CUDA_THREADS, (size_t)k * sizeof(int), g_stream>>>(
+            ids, vals, x, V, k, skip_a, skip_b, skip_c);
     TFM_CUDA_LAUNCHED();
 }
 

@@ -211,6 +211,12 @@ void tfm_cuda_attention_forward(float *out, float *probs, float *scratch, const 
 void tfm_cuda_attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout,
                                  const float *probs, const float *q, const float *k, const float *v,
                                  const tfm_attn_dims *d);
+/* 1 (the default): the attention forward takes its fused row kernel where the
+ * shape qualifies (Tq <= 4, decoding); 0: always the unfused path (bgemm
+ * products and row kernels). Both give the same bits; the backward is always
+ * unfused. For bench/gpu/attn_micro.cu, which times one against the other;
+ * returns the previous setting. */
+int tfm_cuda_attention_set_fused(int on);
 /* xent.cu */
 double tfm_cuda_xent_forward(float *lse, const float *logits, const int32_t *targets, int N, int V, int pad_id,
                              float smoothing, long *count);

@@ -9,9 +9,24 @@
  * Precision: by default cuBLASLt runs with CUBLAS_COMPUTE_32F, never the
  * TF32 modes (which round operands to 10 mantissa bits and miss the 1e-4
  * tolerance against the CPU). tfm_cuda_set_matmul_precision switches to
- * CUBLAS_COMPUTE_32F_FAST_TF32 or _FAST_16BF: fp32 storage, operands rounded
- * to tf32 / bf16 inside cuBLASLt, tensor cores, fp32 accumulation. The
- * attention products (bgemm) stay fp32.
+ *   TF32: CUBLAS_COMPUTE_32F_FAST_TF32 on the fp32 operands (cuBLASLt rounds
+ *         them to tf32 inside its kernels; tensor cores, fp32 sums);
+ *   BF16: true bf16 operands. A and B are rounded to bf16 (to nearest even)
+ *         by to_bf16_kernel into two buffers owned by this file, and
+ *         cuBLASLt multiplies those (A/B CUDA_R_16BF, C/D and the bias fp32,
+ *         CUBLAS_COMPUTE_32F: fp32 sums, and beta accumulates into the fp32 C
+ *         as in fp32 mode). Why not CUBLAS_COMPUTE_32F_FAST_16BF on the fp32
+ *         operands: cuBLASLt then runs its tf32 kernels (sm90_xmma_gemm_
+ *         f32f32_tf32f32 in a profile, ~260 TFLOP/s on an H200), reading 4
+ *         bytes an operand; bf16 kernels reach ~800. The conversion costs one
+ *         read (4 bytes) and one write (2 bytes) per operand element, small
+ *         next to a training step's products, so the copies are made only
+ *         where they pay (bf16_pays: not for decoding's few rows), and
+ *         linear_backward converts its dout once for its two products. Where
+ *         they do not pay or cannot run (no device memory for the copies,
+ *         cuBLASLt refuses them) the product runs FAST_16BF on the fp32
+ *         operands. Both round the operands to bf16 and sum in fp32.
+ * The attention products (bgemm) stay fp32 in every mode.
  *
  * Row-major through a column-major library: a row-major X with row stride ld
  * is, read column-major with the same ld, X^T. So C = op(A) op(B) row-major is
@@ -19,10 +34,10 @@
  * A, m = N, n = M, and the transpose flags carry over unchanged.
  *
  * cuBLASLt's heuristic query costs microseconds, so each distinct shape
- * (transposes, sizes, leading dimensions, pointer alignments, bias epilogue
- * or not) keeps its descriptors and chosen algorithm in a small cache. If the
- * heuristic finds no algorithm (an odd alignment), the product runs through
- * bgemm instead.
+ * (compute and operand types, transposes, sizes, leading dimensions, pointer
+ * alignments, bias epilogue or not) keeps its descriptors and chosen
+ * algorithm in a small cache. If the heuristic finds no algorithm (an odd
+ * alignment), the product runs through bgemm instead.
  *
  * linear's bias is added in cuBLASLt's epilogue (CUBLASLT_EPILOGUE_BIAS:
  * column-major D gets bias[row], i.e. our row-major C gets bias[column]) when
@@ -32,6 +47,7 @@
  */
 #include "cuda/cuda_internal.cuh"
 
+#include <cuda_bf16.h>
 #include <string.h>
 
 /* ---------------------------------------------------------------- bgemm */
@@ -154,13 +170,25 @@ void tfm_cuda_bgemm(const tfm_cuda_bgemm_args *g) {
 
 /* --------------------------------------------------------- cuBLASLt plans */
 
+/* One operand as cuBLASLt gets it: element type (CUDA_R_32F, or CUDA_R_16BF
+ * for a bf16 copy), device pointer, row stride in elements, and the pointer's
+ * alignment in bytes (ptr_align). Row-major as stored; the transpose flags
+ * say how the product reads it. */
+typedef struct lt_operand {
+    cudaDataType_t type;
+    const void *p;
+    int ld;
+    unsigned align;
+} lt_operand;
+
 typedef struct gemm_plan {
     int used;
     cublasComputeType_t compute;
+    cudaDataType_t type; /* of A and B; C, D and the bias are fp32 */
     int ta, tb, M, N, K, lda, ldb, ldc;
     unsigned align_a, align_b, align_c;
     int bias;     /* 1: the epilogue adds a bias vector (CUBLASLT_EPILOGUE_BIAS) */
-    int has_algo; /* 0: cuBLASLt found none; run bgemm */
+    int has_algo; /* 0: cuBLASLt found none; run another route */
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t la, lb, lc;
     cublasLtMatmulAlgo_t algo;
@@ -168,17 +196,22 @@ typedef struct gemm_plan {
 
 #define PLAN_CACHE 128
 static gemm_plan g_plans[PLAN_CACHE];
+static int g_plan_next; /* round-robin eviction */
+
+/* The mode (tfm_cuda_set_matmul_precision): the compute type of products on
+ * the fp32 operands, and whether products run on bf16 copies of them (BF16
+ * mode; g_compute is then FAST_16BF, the fallback when they cannot). */
 static cublasComputeType_t g_compute = CUBLAS_COMPUTE_32F;
+static int g_bf16;
 
 int tfm_cuda_set_matmul_precision(tfm_matmul_precision p) {
     switch (p) {
-    case TFM_MATMUL_FP32: g_compute = CUBLAS_COMPUTE_32F; return 1;
-    case TFM_MATMUL_TF32: g_compute = CUBLAS_COMPUTE_32F_FAST_TF32; return 1;
-    case TFM_MATMUL_BF16: g_compute = CUBLAS_COMPUTE_32F_FAST_16BF; return 1;
+    case TFM_MATMUL_FP32: g_compute = CUBLAS_COMPUTE_32F, g_bf16 = 0; return 1;
+    case TFM_MATMUL_TF32: g_compute = CUBLAS_COMPUTE_32F_FAST_TF32, g_bf16 = 0; return 1;
+    case TFM_MATMUL_BF16: g_compute = CUBLAS_COMPUTE_32F_FAST_16BF, g_bf16 = 1; return 1;
     }
     return 0;
 }
-static int g_plan_next; /* round-robin eviction */
 
 /* The largest power of two (4 to 16) that divides the address: cuBLASLt
  * assumes 256-byte aligned operands unless told otherwise, and offsets into
@@ -207,40 +240,45 @@ static void plan_destroy(gemm_plan *p) {
     p->used = 0;
 }
 
-/* The plan of one shape; `bias` (NULL: no epilogue) is a BIAS_ALIGN-aligned
+/* The plan of one shape, computed in `compute` on operands a, b (both of one
+ * type; their pointers are not kept) into the fp32 C (row stride ldc,
+ * alignment ac); `bias` (NULL: no epilogue) is a BIAS_ALIGN-aligned fp32
  * bias, whose address the plan does not keep: the caller sets it on the
  * descriptor before each call. */
-static gemm_plan *plan_get(int ta, int tb, int M, int N, int K, int lda, int ldb, int ldc, unsigned aa,
-                           unsigned ab, unsigned ac, const float *bias) {
+static gemm_plan *plan_get(cublasComputeType_t compute, int ta, int tb, int M, int N, int K, const lt_operand *a,
+                           const lt_operand *b, int ldc, unsigned ac, const float *bias) {
+    TFM_CUDA_ASSERT(a->type == b->type);
     int has_bias = bias != NULL;
     for (int i = 0; i < PLAN_CACHE; i++) {
         gemm_plan *p = &g_plans[i];
-        if (p->used && p->compute == g_compute && p->ta == ta && p->tb == tb && p->M == M && p->N == N &&
-            p->K == K && p->lda == lda && p->ldb == ldb && p->ldc == ldc && p->align_a == aa &&
-            p->align_b == ab && p->align_c == ac && p->bias == has_bias)
+        if (p->used && p->compute == compute && p->type == a->type && p->ta == ta && p->tb == tb && p->M == M &&
+            p->N == N && p->K == K && p->lda == a->ld && p->ldb == b->ld && p->ldc == ldc &&
+            p->align_a == a->align && p->align_b == b->align && p->align_c == ac && p->bias == has_bias)
             return p;
     }
     gemm_plan *p = &g_plans[g_plan_next];
     g_plan_next = (g_plan_next + 1) % PLAN_CACHE;
     plan_destroy(p);
     memset(p, 0, sizeof *p);
-    p->ta = ta, p->tb = tb, p->M = M, p->N = N, p->K = K, p->lda = lda, p->ldb = ldb, p->ldc = ldc;
-    p->align_a = aa, p->align_b = ab, p->align_c = ac;
+    p->compute = compute, p->type = a->type;
+    p->ta = ta, p->tb = tb, p->M = M, p->N = N, p->K = K, p->lda = a->ld, p->ldb = b->ld, p->ldc = ldc;
+    p->align_a = a->align, p->align_b = b->align, p->align_c = ac;
     p->bias = has_bias;
-    p->compute = g_compute;
 
-    /* Column-major view (see the top of the file): m = N, n = M; "A" = our B, "B" = our A. */
+    /* Column-major view (see the top of the file): m = N, n = M; "A" = our B, "B" = our A.
+     * The scale type (alpha, beta) is fp32 in every mode. */
     cublasOperation_t op_a = tb ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
-    TFM_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, g_compute, CUDA_R_32F));
+    TFM_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, compute, CUDA_R_32F));
     TFM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a));
     TFM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b));
     if (has_bias) {
         /* D = A B + bias with D column-major [m = N, n = M]: the bias has one
          * value per row of D, i.e. per column of our row-major C, which is
-         * what linear's b[O] is. fp32, as D. The heuristic takes the bias
-         * alignment from the pointer: give it one aligned to exactly
-         * BIAS_ALIGN bytes (never dereferenced), so that the algorithm it
-         * picks suits every bias this plan will see. */
+         * what linear's b[O] is. fp32: cuBLASLt's bias has D's type (here
+         * fp32, also with bf16 A and B; cublasLt.h, BIAS_DATA_TYPE). The
+         * heuristic takes the bias alignment from the pointer: give it one
+         * aligned to exactly BIAS_ALIGN bytes (never dereferenced), so that
+         * the algorithm it picks suits every bias this plan will see. */
         cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
         cudaDataType_t bias_type = CUDA_R_32F;
         const void *probe = (const void *)((uintptr_t)bias | BIAS_ALIGN);
@@ -252,8 +290,8 @@ static gemm_plan *plan_get(int ta, int tb, int M, int N, int K, int lda, int ldb
     }
     /* Column-major shapes (rows x cols) of what is stored: our B, row-major
      * [K,N] (or [N,K] when transposed), reads as [N,K] (or [K,N]); likewise A. */
-    TFM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->la, CUDA_R_32F, tb ? K : N, tb ? N : K, ldb));
-    TFM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->lb, CUDA_R_32F, ta ? M : K, ta ? K : M, lda));
+    TFM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->la, b->type, tb ? K : N, tb ? N : K, b->ld));
+    TFM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->lb, a->type, ta ? M : K, ta ? K : M, a->ld));
     TFM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->lc, CUDA_R_32F, N, M, ldc));
     p->used = 1;
 
@@ -263,7 +301,7 @@ static gemm_plan *plan_get(int ta, int tb, int M, int N, int K, int lda, int ldb
     TFM_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     TFM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                           &ws_bytes, sizeof ws_bytes));
-    uint32_t al_a = ab, al_b = aa, al_c = ac; /* cuBLASLt's A is our B */
+    uint32_t al_a = b->align, al_b = a->align, al_c = ac; /* cuBLASLt's A is our B */
     TFM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a,
                                                           sizeof al_a));
     TFM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b,
@@ -278,38 +316,170 @@ static gemm_plan *plan_get(int ta, int tb, int M, int N, int K, int lda, int ldb
                                                       &res, &found);
     TFM_CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
     /* NOT_SUPPORTED means "no algorithm for this problem": the fallback
-     * handles it. So does any refusal of the bias epilogue (a compute type
-     * or layout it does not take): the plain product then runs. */
-    if (s != CUBLAS_STATUS_NOT_SUPPORTED && !has_bias) TFM_CUBLAS_CHECK(s);
+     * handles it. So does any refusal of the bias epilogue or of bf16
+     * operands (a type combination or layout it does not take): the plain
+     * product, or the fp32 operands, then run. */
+    if (s != CUBLAS_STATUS_NOT_SUPPORTED && !has_bias && a->type == CUDA_R_32F) TFM_CUBLAS_CHECK(s);
     p->has_algo = s == CUBLAS_STATUS_SUCCESS && found > 0;
     if (p->has_algo) p->algo = res.algo;
     return p;
 }
 
-/* The product through cuBLASLt, with the bias epilogue when `bias` is not
- * NULL (BIAS_ALIGN-aligned). Returns 0, having queued nothing, when cuBLASLt
- * has no algorithm for it. */
-static int lt_matmul(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
-                     int ldb, float beta, float *C, int ldc, const float *bias) {
-    gemm_plan *p = plan_get(ta, tb, M, N, K, lda, ldb, ldc, ptr_align(A), ptr_align(B), ptr_align(C), bias);
+/* C = alpha op(A) op(B) + beta C through cuBLASLt in `compute`, with the bias
+ * epilogue when `bias` is not NULL (BIAS_ALIGN-aligned). Returns 0, having
+ * queued nothing, when cuBLASLt has no algorithm for it. */
+static int lt_matmul(cublasComputeType_t compute, int ta, int tb, int M, int N, int K, float alpha,
+                     const lt_operand *a, const lt_operand *b, float beta, float *C, int ldc, const float *bias) {
+    gemm_plan *p = plan_get(compute, ta, tb, M, N, K, a, b, ldc, ptr_align(C), bias);
     if (!p->has_algo) return 0;
     if (bias)
         TFM_CUBLAS_CHECK(
             cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
     size_t ws_bytes = 0;
     void *ws = tfm_cuda_lt_workspace(&ws_bytes);
-    cublasStatus_t s = cublasLtMatmul(tfm_cuda_lt(), p->desc, &alpha, B, p->la, A, p->lb, &beta, C, p->lc, C,
+    cublasStatus_t s = cublasLtMatmul(tfm_cuda_lt(), p->desc, &alpha, b->p, p->la, a->p, p->lb, &beta, C, p->lc, C,
                                       p->lc, &p->algo, ws, ws_bytes, tfm_cuda_stream());
-    if (s == CUBLAS_STATUS_NOT_SUPPORTED || (bias && s == CUBLAS_STATUS_INVALID_VALUE)) {
+    if (s == CUBLAS_STATUS_NOT_SUPPORTED || ((bias || a->type != CUDA_R_32F) && s == CUBLAS_STATUS_INVALID_VALUE)) {
         /* The heuristic's algorithm refused these operands after all (an
-         * alignment it did not account for, or the epilogue): nothing ran,
-         * and this plan falls back from now on. */
+         * alignment it did not account for, the epilogue, the bf16 types):
+         * nothing ran, and this plan falls back from now on. */
         p->has_algo = 0;
         return 0;
     }
     TFM_CUBLAS_CHECK(s);
     return 1;
 }
+
+/* The product through cuBLASLt with the bias in its epilogue when `epi` (a
+ * BIAS_ALIGN-aligned bias, or NULL) is given and cuBLASLt takes it: returns
+ * 2; else without a bias: returns 1; 0 when cuBLASLt runs neither (nothing
+ * queued). */
+static int lt_product(cublasComputeType_t compute, int ta, int tb, int M, int N, int K, float alpha,
+                      const lt_operand *a, const lt_operand *b, float beta, float *C, int ldc, const float *epi) {
+    if (epi && lt_matmul(compute, ta, tb, M, N, K, alpha, a, b, beta, C, ldc, epi)) return 2;
+    return lt_matmul(compute, ta, tb, M, N, K, alpha, a, b, beta, C, ldc, NULL);
+}
+
+/* ------------------------------------------------------- bf16 operands */
+
+/* BF16 mode converts only where it pays. Converting moves 6 bytes an element
+ * (read 4, write 2): about 1.5 ps at 4 TB/s; the bf16 product saves about
+ * 1/260T - 1/800T = 2.6 fs a flop over FAST_16BF on fp32 operands (the
+ * profile's rates on an H200). So the copies pay from about 600 flops per
+ * element converted; below 512 (decoding: a few rows against the 37000 x 512
+ * generator does 2 * rows flops per weight element), the product runs on the
+ * fp32 operands. A training step's products do 1000 and more (the
+ * generator's about 30000). */
+#define BF16_MIN_FLOPS_PER_ELEMENT 512.0
+
+static int bf16_pays(double flops, double elements) { return flops >= BF16_MIN_FLOPS_PER_ELEMENT * elements; }
+
+/* The row stride of a bf16 copy: its columns rounded up to 8, so that each
+ * row starts 16-byte aligned (the copy's start is cudaMalloc's, 256). */
+static int bf16_ld(int cols) { return (cols + 7) & ~7; }
+
+/* One grow-only device buffer for the bf16 copy of one operand. Two of them
+ * (a product reads A's and B's copies at once), apart from tfm_cuda_scratch,
+ * which colsum_add and other ops use for their own partials. They grow during
+ * a training run's first step and never after: no allocation in the steady
+ * state. */
+typedef struct bf16_buffer {
+    __nv_bfloat16 *p;
+    size_t bytes;   /* allocated */
+    size_t refused; /* the smallest size cudaMalloc refused (0: none): not asked again */
+} bf16_buffer;
+static bf16_buffer g_bf16_a, g_bf16_b; /* copies of A and of B */
+
+__device__ __forceinline__ unsigned bf16x2_bits(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi); /* to nearest even; lo in the low half */
+    return *reinterpret_cast<unsigned *>(&h);
+}
+
+/* dst[r, j] = bf16(src[r, j]) rounded to nearest even for r < rows, j < cols,
+ * and 0 for cols <= j < ldd: src row-major with row stride lds, dst with row
+ * stride ldd = bf16_ld(cols) and 16-byte aligned. One thread per chunk of 8
+ * values of dst: one 16-byte store, and two float4 loads when `vec` (src
+ * 16-byte aligned and lds % 4 == 0, so every whole chunk of a row is too),
+ * else 8 scalar loads (and at the end of a row). */
+__global__ void to_bf16_kernel(__nv_bfloat16 *dst, const float *src, int rows, int cols, size_t lds, int ldd,
+                               int vec) {
+    size_t per_row = (size_t)ldd / 8, chunks = (size_t)rows * per_row;
+    for (size_t c = blockIdx.x * (size_t)blockDim.x + threadIdx.x; c < chunks; c += (size_t)gridDim.x * blockDim.x) {
+        size_t r = c / per_row;
+        int j = (int)(c - r * per_row) * 8;
+        const float *s = src + r * lds + j;
+        float v[8];
+        if (vec && j + 8 <= cols) {
+            float4 lo = ((const float4 *)s)[0], hi = ((const float4 *)s)[1];
+            v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w;
+            v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
+        } else {
+#pragma unroll
+            for (int u = 0; u < 8; u++) v[u] = j + u < cols ? s[u] : 0.0f;
+        }
+        uint4 out;
+        out.x = bf16x2_bits(v[0], v[1]);
+        out.y = bf16x2_bits(v[2], v[3]);
+        out.z = bf16x2_bits(v[4], v[5]);
+        out.w = bf16x2_bits(v[6], v[7]);
+        ((uint4 *)dst)[c] = out; /* = dst + r * ldd + j */
+    }
+}
+
+/* Queues the bf16 copy of src [rows, cols] (row stride lds, device) into buf,
+ * growing buf first if need be (which waits for the queued work: a product
+ * may still read the old copy), and describes the copy in *op. Returns 0,
+ * having queued nothing, when the device has no memory for it. */
+static int to_bf16(bf16_buffer *buf, const float *src, int rows, int cols, int lds, lt_operand *op) {
+    int ldd = bf16_ld(cols);
+    size_t bytes = (size_t)rows * ldd * sizeof(__nv_bfloat16);
+    if (bytes > buf->bytes) {
+        const size_t unit = (size_t)2 << 20;          /* whole 2 MiB: no growth by a few rows */
+        size_t grow = (bytes + unit - 1) / unit * unit; /* exact, not doubled: the generator's dlogits copy is ~2 GB */
+        if (buf->refused && grow >= buf->refused) return 0;
+        TFM_CUDA_CHECK(cudaStreamSynchronize(tfm_cuda_stream()));
+        TFM_CUDA_CHECK(cudaFree(buf->p));
+        buf->p = NULL, buf->bytes = 0;
+        cudaError_t e = cudaMalloc(&buf->p, grow);
+        if (e == cudaErrorMemoryAllocation) {
+            (void)cudaGetLastError(); /* not sticky: clear it; the fp32 operands serve */
+            buf->p = NULL;
+            buf->refused = grow;
+            return 0;
+        }
+        TFM_CUDA_CHECK(e);
+        buf->bytes = grow;
+    }
+    int vec = (uintptr_t)src % 16 == 0 && lds % 4 == 0;
+    size_t chunks = (size_t)rows * (size_t)(ldd / 8);
+    to_bf16_kernel<<<tfm_cuda_blocks(chunks, TFM_CUDA_THREADS), TFM_CUDA_THREADS, 0, tfm_cuda_stream()>>>(
+        buf->p, src, rows, cols, (size_t)lds, ldd, vec);
+    TFM_CUDA_LAUNCHED();
+    op->type = CUDA_R_16BF, op->p = buf->p, op->ld = ldd, op->align = 16;
+    return 1;
+}
+
+/* The product on bf16 copies of A and B (BF16 mode), returning as lt_product
+ * does (0: no product queued: no memory for the copies, or cuBLASLt has no
+ * algorithm for them). a16: A's copy, already queued by the caller, or NULL
+ * to make one here. The weights, converted on every call: a bf16 copy of the
+ * parameters refreshed once per optimizer step would save converting them in
+ * the forward and again in din's product (2 x 6 bytes per weight a step:
+ * ~0.75 GB, ~0.2 ms, for the base model's ~63M GEMM weights); the
+ * activations are most of what is converted. */
+static int product_bf16(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                        int ldb, float beta, float *C, int ldc, const float *epi, const lt_operand *a16) {
+    int ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N; /* as stored */
+    lt_operand a = {CUDA_R_16BF, NULL, bf16_ld(ac), 16}, b = {CUDA_R_16BF, NULL, bf16_ld(bc), 16};
+    if (a16) a = *a16;
+    /* Skip converting where cuBLASLt would refuse the product anyway (the plan remembers). */
+    if (!plan_get(CUBLAS_COMPUTE_32F, ta, tb, M, N, K, &a, &b, ldc, ptr_align(C), NULL)->has_algo) return 0;
+    if (!a16 && !to_bf16(&g_bf16_a, A, ar, ac, lda, &a)) return 0;
+    if (!to_bf16(&g_bf16_b, B, br, bc, ldb, &b)) return 0;
+    return lt_product(CUBLAS_COMPUTE_32F, ta, tb, M, N, K, alpha, &a, &b, beta, C, ldc, epi);
+}
+
+/* ------------------------------------------------------------ the routes */
 
 __global__ void scale_matrix_kernel(float *C, int M, int N, int ldc, float beta) {
     for (long e = blockIdx.x * (long)blockDim.x + threadIdx.x; e < (long)M * N; e += (long)gridDim.x * blockDim.x) {
@@ -327,31 +497,40 @@ __global__ void bias_add_kernel(float *C, const float *b, int M, int N, int ldc)
 }
 
 /* C = alpha op(A) op(B) + beta C (+ bias[j] on every row when bias is not
- * NULL), by the fastest route that takes these operands: cuBLASLt with the
- * bias in its epilogue, cuBLASLt and then bias_add_kernel, or bgemm and then
- * bias_add_kernel. */
+ * NULL), by the fastest route that takes these operands: in BF16 mode, where
+ * it pays (bf16_pays) or a16 (A's bf16 copy, made by the caller) is given,
+ * cuBLASLt on bf16 copies; otherwise, or when that cannot run, cuBLASLt on
+ * the fp32 operands in the mode's compute type; else bgemm. The bias rides
+ * in cuBLASLt's epilogue when it is BIAS_ALIGN-aligned and cuBLASLt takes
+ * it; otherwise bias_add_kernel adds it after the product. */
 static void gemm_bias(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
-                      int ldb, float beta, float *C, int ldc, const float *bias) {
+                      int ldb, float beta, float *C, int ldc, const float *bias, const lt_operand *a16) {
     if (M <= 0 || N <= 0) return;
     cudaStream_t st = tfm_cuda_stream();
+    const float *epi = bias && (uintptr_t)bias % BIAS_ALIGN == 0 ? bias : NULL;
+    int ran = 0; /* 2: the product and the bias are done; 1: the product only */
     if (K <= 0) { /* no product: C = beta C (cuBLASLt wants k >= 1) */
         scale_matrix_kernel<<<tfm_cuda_blocks((size_t)M * N, TFM_CUDA_THREADS), TFM_CUDA_THREADS, 0, st>>>(C, M, N,
                                                                                                           ldc, beta);
         TFM_CUDA_LAUNCHED();
-    } else {
-        if (bias && (uintptr_t)bias % BIAS_ALIGN == 0 &&
-            lt_matmul(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias))
-            return;
-        if (!lt_matmul(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL)) {
-            tfm_cuda_bgemm_args g;
-            memset(&g, 0, sizeof g);
-            g.ta = ta, g.tb = tb, g.M = M, g.N = N, g.K = K, g.B = 1, g.H = 1;
-            g.alpha = alpha, g.beta = beta;
-            g.A = A, g.lda = lda, g.Bm = B, g.ldb = ldb, g.C = C, g.ldc = ldc;
-            tfm_cuda_bgemm(&g);
-        }
+        ran = 1;
     }
-    if (bias) {
+    if (!ran && g_bf16 && (a16 || bf16_pays(2.0 * M * N * K, (double)M * K + (double)N * K)))
+        ran = product_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, epi, a16);
+    if (!ran) {
+        lt_operand a = {CUDA_R_32F, A, lda, ptr_align(A)}, b = {CUDA_R_32F, B, ldb, ptr_align(B)};
+        ran = lt_product(g_compute, ta, tb, M, N, K, alpha, &a, &b, beta, C, ldc, epi);
+    }
+    if (!ran) {
+        tfm_cuda_bgemm_args g;
+        memset(&g, 0, sizeof g);
+        g.ta = ta, g.tb = tb, g.M = M, g.N = N, g.K = K, g.B = 1, g.H = 1;
+        g.alpha = alpha, g.beta = beta;
+        g.A = A, g.lda = lda, g.Bm = B, g.ldb = ldb, g.C = C, g.ldc = ldc;
+        tfm_cuda_bgemm(&g);
+        ran = 1;
+    }
+    if (bias && ran == 1) {
         dim3 grid((N + 255) / 256, M < 65535 ? M : 65535);
         bias_add_kernel<<<grid, 256, 0, st>>>(C, bias, M, N, ldc);
         TFM_CUDA_LAUNCHED();
@@ -363,7 +542,7 @@ static void gemm_bias(int ta, int tb, int M, int N, int K, float alpha, const fl
  * beta == 0 never reads C. Queued; does not wait. */
 void tfm_cuda_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                    const float *B, int ldb, float beta, float *C, int ldc) {
-    gemm_bias(trans_a ? 1 : 0, trans_b ? 1 : 0, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL);
+    gemm_bias(trans_a ? 1 : 0, trans_b ? 1 : 0, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL, NULL);
 }
 
 /* --------------------------------------------------------------- linear */
@@ -434,14 +613,25 @@ static void colsum_add(float *sums, const float *x, int N, int C) {
  * bias rides in cuBLASLt's epilogue when it can (see gemm_bias). */
 void tfm_cuda_linear_forward(float *out, const float *in, const float *w, const float *b, int N, int n_in,
                              int n_out) {
-    gemm_bias(0, 1, N, n_out, n_in, 1.0f, in, n_in, w, n_in, 0.0f, out, n_out, b);
+    gemm_bias(0, 1, N, n_out, n_in, 1.0f, in, n_in, w, n_in, 0.0f, out, n_out, b, NULL);
 }
 
 /* din[N,I] (= or += when accumulate) dout[N,O] w;  dw[O,I] += dout^T in;
- * db[O] += column sums of dout. din and db may be NULL. */
+ * db[O] += column sums of dout. din and db may be NULL.
+ * In BF16 mode dout is the A of both products (din's as stored, dw's
+ * transposed: the same stored matrix), so its bf16 copy is made once for
+ * both (for the generator's [N, 37000] dlogits that saves a 5.7 GB pass);
+ * whether that pays is judged on the two products together. */
 void tfm_cuda_linear_backward(float *din, float *dw, float *db, const float *dout, const float *in,
                               const float *w, int N, int n_in, int n_out, int accumulate) {
-    if (din) tfm_cuda_gemm(0, 0, N, n_in, n_out, 1.0f, dout, n_out, w, n_in, accumulate ? 1.0f : 0.0f, din, n_in);
-    if (dw) tfm_cuda_gemm(1, 0, n_out, n_in, N, 1.0f, dout, n_out, in, n_in, 1.0f, dw, n_in);
+    lt_operand d16, *a16 = NULL;
+    if (g_bf16 && N > 0 && n_in > 0 && n_out > 0 && (din || dw)) {
+        double flops = 2.0 * N * n_in * n_out * ((din ? 1 : 0) + (dw ? 1 : 0));
+        double elements = (double)N * n_out + (din ? (double)n_out * n_in : 0) + (dw ? (double)N * n_in : 0);
+        if (bf16_pays(flops, elements) && to_bf16(&g_bf16_a, dout, N, n_out, n_out, &d16)) a16 = &d16;
+    }
+    if (din)
+        gemm_bias(0, 0, N, n_in, n_out, 1.0f, dout, n_out, w, n_in, accumulate ? 1.0f : 0.0f, din, n_in, NULL, a16);
+    if (dw) gemm_bias(1, 0, n_out, n_in, N, 1.0f, dout, n_out, in, n_in, 1.0f, dw, n_in, NULL, a16);
     if (db) colsum_add(db, dout, N, n_out);
 }

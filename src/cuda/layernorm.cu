@@ -4,17 +4,87 @@
  *
  *   in, out, din, dout [N, D]    w, b, dw, db [D]    mean, rstd [N]
  *
- * One warp per row for the statistics and din, with the CPU's mixture of
- * precisions: mean and variance accumulate in double (two passes, as the
- * CPU), and so do the two sums of the backward. The parameter gradients are
+ * One warp per row for the statistics and din (the forward keeps a row of
+ * D <= 1024 in registers), with the CPU's mixture of precisions: mean and
+ * variance accumulate in double (two passes, as the CPU), and so do the two
+ * sums of the backward. The parameter gradients are
  * column sums over the rows in two passes (partial sums over chunks of rows,
  * then over the chunks), combined in a fixed order: deterministic, no
  * atomics.
  */
 #include "cuda/cuda_internal.cuh"
 
-#define LN_WARPS 8 /* rows per block */
+#define LN_WARPS 8     /* rows per block (the backward's din, and the forward for D > 1024) */
+#define LN_FWD_WARPS 4 /* rows per block of the register forward: a decoding step's few rows reach more SMs */
+#define LN_FWD_MAX_D 1024 /* the register forward's largest D: 32 values per lane */
 
+/* Lane `lane`'s j-th column: lane + 32 j (scalar loads, coalesced), or with
+ * float4 loads element j % 4 of the float4 at 4 (lane + 32 (j / 4)). */
+template <bool VEC4>
+__device__ __forceinline__ int ln_col(int lane, int j) {
+    return VEC4 ? 4 * (lane + 32 * (j / 4)) + j % 4 : lane + 32 * j;
+}
+
+/* r[j] = p[ln_col(lane, j)], 0 past D. */
+template <int PER, bool VEC4>
+__device__ __forceinline__ void ln_load(float (&r)[PER], const float *p, int D, int lane) {
+#pragma unroll
+    for (int j = 0; j < PER; j += VEC4 ? 4 : 1) {
+        int c = ln_col<VEC4>(lane, j);
+        if (VEC4) {
+            float4 g = c < D ? *(const float4 *)(p + c) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            r[j] = g.x, r[j + 1] = g.y, r[j + 2] = g.z, r[j + 3] = g.w;
+        } else {
+            r[j] = c < D ? p[c] : 0.0f;
+        }
+    }
+}
+
+/* The forward for D <= 32 PER (decoding's few rows are latency-bound): one
+ * warp per row, and every load (the row, w, b) issued at once into
+ * registers, so the statistics and the output never wait on memory again.
+ * VEC4 needs D % 4 == 0 and 16-byte aligned pointers. The CPU's arithmetic:
+ * mean and variance summed in double (in another order), two passes (over
+ * the registers). */
+template <int PER, bool VEC4>
+__global__ void __launch_bounds__(32 * LN_FWD_WARPS)
+    layernorm_forward_regs_kernel(float *out, float *mean, float *rstd, const float *in, const float *w,
+                                  const float *b, int N, int D, float eps) {
+    int lane = threadIdx.x & 31, n = blockIdx.x * LN_FWD_WARPS + (threadIdx.x >> 5);
+    if (n >= N) return; /* the whole warp: n is per warp */
+    float x[PER], wr[PER], br[PER];
+    ln_load<PER, VEC4>(x, in + (long)n * D, D, lane);
+    ln_load<PER, VEC4>(wr, w, D, lane);
+    ln_load<PER, VEC4>(br, b, D, lane);
+    double m = 0;
+#pragma unroll
+    for (int j = 0; j < PER; j++) m += x[j]; /* columns past D hold 0 */
+    m = tfm_warp_sum(m) / D;
+    double var = 0;
+#pragma unroll
+    for (int j = 0; j < PER; j++)
+        if (ln_col<VEC4>(lane, j) < D) var += (x[j] - m) * (x[j] - m);
+    var = tfm_warp_sum(var) / D;
+    float s = (float)(1.0 / sqrt(var + eps));
+#pragma unroll
+    for (int j = 0; j < PER; j++) x[j] = (float)((x[j] - m) * s) * wr[j] + br[j];
+    float *y = out + (long)n * D;
+#pragma unroll
+    for (int j = 0; j < PER; j += VEC4 ? 4 : 1) {
+        int c = ln_col<VEC4>(lane, j);
+        if (c >= D) continue;
+        if (VEC4)
+            *(float4 *)(y + c) = make_float4(x[j], x[j + 1], x[j + 2], x[j + 3]);
+        else
+            y[c] = x[j];
+    }
+    if (lane == 0) {
+        mean[n] = (float)m;
+        rstd[n] = s;
+    }
+}
+
+/* The forward for any D: one warp per row, three passes over memory. */
 __global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd, const float *in, const float *w,
                                          const float *b, int N, int D, float eps) {
     int lane = threadIdx.x & 31;
@@ -41,12 +111,36 @@ static unsigned row_blocks(int N) {
     return (unsigned)(b > 65535 ? 65535 : b);
 }
 
+template <int PER>
+static void layernorm_forward_regs(bool vec4, float *out, float *mean, float *rstd, const float *in,
+                                   const float *w, const float *b, int N, int D, float eps) {
+    unsigned blocks = (unsigned)(((long)N + LN_FWD_WARPS - 1) / LN_FWD_WARPS);
+    if (vec4)
+        layernorm_forward_regs_kernel<PER, true>
+            <<<blocks, 32 * LN_FWD_WARPS, 0, tfm_cuda_stream()>>>(out, mean, rstd, in, w, b, N, D, eps);
+    else
+        layernorm_forward_regs_kernel<PER, false>
+            <<<blocks, 32 * LN_FWD_WARPS, 0, tfm_cuda_stream()>>>(out, mean, rstd, in, w, b, N, D, eps);
+}
+
+static bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
 /* out[N,D] = (in - mean) * rstd * w + b; saves mean[N], rstd[N]. Device pointers. */
 void tfm_cuda_layernorm_forward(float *out, float *mean, float *rstd, const float *in, const float *w,
                                 const float *b, int N, int D, float eps) {
     if (N <= 0 || D <= 0) return;
-    layernorm_forward_kernel<<<row_blocks(N), 32 * LN_WARPS, 0, tfm_cuda_stream()>>>(out, mean, rstd, in, w, b, N,
-                                                                                    D, eps);
+    bool vec4 = D % 4 == 0 && aligned16(out) && aligned16(in) && aligned16(w) && aligned16(b);
+    if (D <= 128)
+        layernorm_forward_regs<4>(vec4, out, mean, rstd, in, w, b, N, D, eps);
+    else if (D <= 256)
+        layernorm_forward_regs<8>(vec4, out, mean, rstd, in, w, b, N, D, eps);
+    else if (D <= 512)
+        layernorm_forward_regs<16>(vec4, out, mean, rstd, in, w, b, N, D, eps);
+    else if (D <= LN_FWD_MAX_D)
+        layernorm_forward_regs<LN_FWD_MAX_D / 32>(vec4, out, mean, rstd, in, w, b, N, D, eps);
+    else
+        layernorm_forward_kernel<<<row_blocks(N), 32 * LN_WARPS, 0, tfm_cuda_stream()>>>(out, mean, rstd, in, w, b,
+                                                                                        N, D, eps);
     TFM_CUDA_LAUNCHED();
 }
 
