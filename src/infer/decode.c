@@ -88,12 +88,13 @@ tfm_status tfm_decoder_init(tfm_decoder *d, const tfm_model *m, int max_B, int m
     d->host_self_pad = calloc((size_t)max_B * max_T, 1);
     d->host_src_pad = calloc((size_t)max_B * (d->max_S + 1), 1);
     d->host_pos = calloc((size_t)max_B, sizeof *d->host_pos);
+    d->host_src_row = calloc((size_t)max_B, sizeof *d->host_src_row);
     carver count = {0};
     if (d->k_cache && d->v_cache && d->cross_kv) carve(&count, d);
     d->mem = count.used ? be->alloc(count.used * sizeof(float)) : NULL;
     d->logits = be->host_memory ? NULL : malloc((size_t)max_B * cfg->tgt_vocab * sizeof *d->logits);
     if (!d->k_cache || !d->v_cache || !d->cross_kv || !d->self_pad || !d->pos || !d->tokens || !d->rows || !d->best ||
-        !d->host_self_pad || !d->host_src_pad || !d->host_pos || !d->mem || (!be->host_memory && !d->logits)) {
+        !d->host_self_pad || !d->host_src_pad || !d->host_pos || !d->host_src_row || !d->mem || (!be->host_memory && !d->logits)) {
         tfm_decoder_free(d);
         return tfm_error(TFM_ERR_NOMEM, "decoder: out of memory for the KV cache of %d x %d x %d", max_B,
                          max_S, max_T);
@@ -122,6 +123,7 @@ void tfm_decoder_free(tfm_decoder *d) {
     free(d->host_self_pad);
     free(d->host_src_pad);
     free(d->host_pos);
+    free(d->host_src_row);
     memset(d, 0, sizeof *d);
 }
 
@@ -133,6 +135,7 @@ tfm_status tfm_decoder_start(tfm_decoder *d, const int32_t *src, int B, int S) {
     d->B = B;
     d->step = 0;
     memset(d->host_pos, 0, (size_t)B * sizeof *d->host_pos);
+    for (int r = 0; r < d->max_B; r++) d->host_src_row[r] = r < B ? r : -1; /* -1: holds no sentence */
     if (cfg->enc_layers == 0) {
         d->S = 0;
         return TFM_OK;
@@ -285,29 +288,35 @@ tfm_status tfm_decoder_reorder(tfm_decoder *d, const int *from, int n_rows) {
         if (from[r] < 0 || from[r] >= d->B)
             return tfm_error(TFM_ERR_INVALID, "decoder: reorder source row %d outside [0, %d)", from[r], d->B);
     int H = cfg->heads, has_enc = cfg->enc_layers > 0;
+    /* The cross K/V rows move only when some row changes sentence (a finished
+     * sentence leaves the batch); beams reordered within their sentence keep them. */
+    int cross_moves = 0;
+    for (int r = 0; r < n_rows; r++) cross_moves |= d->host_src_row[from[r]] != d->host_src_row[r];
     size_t krow = (size_t)d->max_T * H * m->dk, vrow = (size_t)d->max_T * H * m->dv;
     size_t crow = (size_t)d->S * H * (m->dk + m->dv); /* rows are S long (start) */
-    size_t host_bytes = (size_t)n_rows * (d->max_T + d->S + 1 + sizeof(int32_t) * 2);
+    size_t host_bytes = (size_t)n_rows * (d->max_T + d->S + 1 + sizeof(int32_t) * 3);
     uint8_t *host = malloc(host_bytes);
     if (!host) return tfm_error(TFM_ERR_NOMEM, "decoder: out of memory reordering the cache");
-    int32_t *from32 = (int32_t *)host, *pos = from32 + n_rows;
-    uint8_t *pad = (uint8_t *)(pos + n_rows), *spad = pad + (size_t)n_rows * d->max_T;
+    int32_t *from32 = (int32_t *)host, *pos = from32 + n_rows, *src_row = pos + n_rows;
+    uint8_t *pad = (uint8_t *)(src_row + n_rows), *spad = pad + (size_t)n_rows * d->max_T;
     for (int r = 0; r < n_rows; r++) from32[r] = from[r];
     m->be->upload(d->rows, from32, (size_t)n_rows * sizeof *from32);
     for (int l = 0; l < cfg->dec_layers; l++) {
         /* Only the first `step` positions of a cache row are filled. */
         gather_rows(d, d->k_cache[l], krow, (size_t)d->step * H * m->dk, n_rows);
         gather_rows(d, d->v_cache[l], vrow, (size_t)d->step * H * m->dv, n_rows);
-        if (has_enc) gather_rows(d, d->cross_kv[l], crow, crow, n_rows);
+        if (has_enc && cross_moves) gather_rows(d, d->cross_kv[l], crow, crow, n_rows);
     }
     for (int r = 0; r < n_rows; r++) {
         memcpy(pad + (size_t)r * d->max_T, d->host_self_pad + (size_t)from[r] * d->max_T, d->max_T);
         pos[r] = d->host_pos[from[r]];
+        src_row[r] = d->host_src_row[from[r]];
         if (has_enc) memcpy(spad + (size_t)r * d->S, d->host_src_pad + (size_t)from[r] * d->S, (size_t)d->S);
     }
     memcpy(d->host_self_pad, pad, (size_t)n_rows * d->max_T);
     memcpy(d->host_pos, pos, (size_t)n_rows * sizeof *pos);
-    if (has_enc) {
+    memcpy(d->host_src_row, src_row, (size_t)n_rows * sizeof *src_row);
+    if (has_enc && cross_moves) {
         memcpy(d->host_src_pad, spad, (size_t)n_rows * d->S);
         m->be->upload(d->enc_ws.src_pad, spad, (size_t)n_rows * d->S);
     }

@@ -47,6 +47,9 @@ typedef struct tfm_decoder {
     uint8_t *host_self_pad;   /* [B, Tm] mirror of self_pad */
     uint8_t *host_src_pad;    /* [B, S] the source padding mask */
     int32_t *host_pos;        /* [B] mirror of pos */
+    int32_t *host_src_row;    /* [B] the encoded sentence whose cross K/V (and source mask) row r holds:
+                                 a reorder that keeps every row's sentence (beam search
+                                 shuffling hypotheses within a sentence) leaves those rows alone */
 } tfm_decoder;
 
 /* Sizes the caches for up to max_B rows, sources of max_S tokens (ignored for
