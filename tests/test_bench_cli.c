@@ -56,6 +56,20 @@ static void expect_json(const char *args, int reps, const char *const *positive)
           reps, n_summary);
 }
 
+/* Runs `transformer bench ARGS` and checks that its first line's `key` is `want`. */
+static void expect_number(const char *args, const char *key, double want) {
+    char cmd[1024];
+    static char out[1 << 16];
+    snprintf(cmd, sizeof cmd, "'%s' bench %s --threads 1 2>/dev/null", cli, args);
+    int rc = tfm_test_run(cmd, out, sizeof out);
+    CHECK(rc == 0, "'bench %s': exit status %d", args, rc);
+    char *nl = strchr(out, '\n');
+    if (nl) *nl = 0;
+    cJSON *o = cJSON_Parse(out);
+    CHECK(o && num(o, key) == want, "'bench %s': %s is %g, want %g: %s", args, key, o ? num(o, key) : -1, want, out);
+    cJSON_Delete(o);
+}
+
 /* Runs `transformer bench ARGS` and checks the exit status and that stderr
  * holds `needle`. */
 static void expect_error(const char *args, int want_rc, const char *needle) {
@@ -78,6 +92,10 @@ int main(void) {
     expect_json("train --config tiny --reps 2 --warmup 0 --batch 3 --src-len 5 --tgt-len 7", 2, train);
     expect_json("greedy --config tiny --reps 1", 1, greedy);
     expect_json("greedy --config tiny --reps 1 --batch 1 --out-len 5", 1, greedy);
+    expect_json("greedy --config tiny --reps 1 --batch 2 --out-len 5 --beam 3", 1, greedy);
+    /* greedy is beam 1 unless --beam says otherwise (translate's default beam 4 must not leak in) */
+    expect_number("greedy --config tiny --reps 1 --batch 2 --out-len 4", "beam", 1);
+    expect_number("greedy --config tiny --reps 1 --batch 2 --out-len 4 --beam 3", "beam", 3);
     expect_json("sgemm --config tiny --reps 1 --min-time 0", 1, sgemm);
     expect_json("long --len 64 --layers 1 --d-model 32 --heads 2 --d-ff 64 --vocab 100 --reps 1", 1, lng);
 

@@ -87,7 +87,7 @@ typedef struct bench_opts {
     int len, layers, d_model, heads, d_ff, vocab;
     /* translate */
     const char *model_dir, *checkpoint, *input;
-    int limit, beam, batch_sentences;
+    int limit, beam, batch_sentences; /* beam 0: the kind's default (translate 4, greedy 1) */
     /* sgemm */
     double min_time;
     const char *device;              /* train, greedy: "cpu" or "cuda" (NULL: cpu) */
@@ -793,7 +793,7 @@ static int run_translate(const bench_opts *o) {
     }
     tfm_translate_params p;
     tfm_translate_default_params(&p);
-    p.beam.beam = o->beam;
+    p.beam.beam = o->beam > 0 ? o->beam : 4; /* translate's default: the paper's beam 4 */
     p.batch_sentences = o->batch_sentences;
     long src_tokens = count_tokens(t.bpe, lines, n), out_tokens = -1;
     char **res = calloc(n, sizeof *res);
@@ -819,7 +819,7 @@ static int run_translate(const bench_opts *o) {
         json_head(o);
         printf(",\"rep\":%d,\"beam\":%d,\"sentences\":%zu,\"src_tokens\":%ld,\"out_tokens\":%ld,\"ms\":%.4f,"
                "\"sentences_per_s\":%.3f,\"tokens_per_s\":%.3f,\"src_tokens_per_s\":%.3f}\n",
-               r, o->beam, n, src_tokens, out_tokens, ms[r], n / sec, out_tokens / sec, src_tokens / sec);
+               r, p.beam.beam, n, src_tokens, out_tokens, ms[r], n / sec, out_tokens / sec, src_tokens / sec);
         fflush(stdout);
     }
     if (!rc) print_summary(o, ms, o->reps, NULL);
@@ -839,7 +839,7 @@ static int bad_value(const char *flag, const char *v, const char *want) {
 
 int cmd_bench(int argc, char **argv) {
     bench_opts o = {.size = &sizes[1], .reps = 5, .warmup = -1, .seed = 1, .len = 4096, .layers = 6,
-                    .d_model = 512, .heads = 8, .d_ff = 2048, .vocab = 1000, .beam = 4,
+                    .d_model = 512, .heads = 8, .d_ff = 2048, .vocab = 1000, .beam = 0,
                     .batch_sentences = 64, .min_time = 0.2};
     int out_len = 0;
     if (argc < 2) {
