@@ -1,6 +1,7 @@
 /* cpu.c: the CPU backend: the table filled with the reference ops. */
 #include "backend/backend.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,15 +21,31 @@ static int cpu_set_matmul_precision(tfm_matmul_precision p) { return p == TFM_MA
 static void cpu_copy_rows(float *dst, long dst_row, const float *src, long src_row, size_t width, int rows) {
     for (int r = 0; r < rows; r++) memmove(dst + r * dst_row, src + r * src_row, width * sizeof *dst);
 }
+/* For each row, the first v (other than the skipped ids) with the largest
+ * x[n, v]; -1 if every id is skipped. The answer of the scan
+ * `if (x[v] > x[best]) best = v`, in two passes that vectorise (the largest
+ * value, then its first index): NaNs never win, except a NaN at the first
+ * allowed id, which the scan keeps. */
 static void cpu_argmax_rows(int32_t *out, const float *x, int N, int V, int skip_a, int skip_b, int skip_c) {
     for (int n = 0; n < N; n++) {
         const float *row = x + (size_t)n * V;
-        int32_t best = -1;
-        for (int v = 0; v < V; v++) {
-            if (v == skip_a || v == skip_b || v == skip_c) continue;
-            if (best < 0 || row[v] > row[best]) best = v;
+        int first = 0;
+        while (first < V && (first == skip_a || first == skip_b || first == skip_c)) first++;
+        out[n] = first < V ? first : -1;
+        if (first == V || isnan(row[first])) continue;
+        float mx = row[first];
+#pragma omp simd reduction(max : mx)
+        for (int v = first + 1; v < V; v++) {
+            float r = row[v];
+            int take = (r > mx) & (v != skip_a) & (v != skip_b) & (v != skip_c);
+            mx = take ? r : mx;
         }
-        out[n] = best;
+        for (int v = first; v < V; v++) {
+            if (row[v] == mx && v != skip_a && v != skip_b && v != skip_c) {
+                out[n] = v;
+                break;
+            }
+        }
     }
 }
 static void cpu_gather_rows(float *dst, const float *src, long row, size_t width, const int32_t *from, int n) {

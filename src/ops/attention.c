@@ -16,6 +16,14 @@
 
 #include "core/rng.h"
 
+/* Below about this much work (elements) a parallel region costs more than it
+ * saves: a region costs microseconds, and decoding one sentence runs dozens
+ * of ops over a single [1, D] row per token. Each element's arithmetic is
+ * the same whether a loop runs in parallel or not, so results do not change. */
+#ifndef PAR_MIN
+#define PAR_MIN 16384
+#endif
+
 static int key_masked(const tfm_attn_dims *d, int b, int i, int j) {
     if (d->causal && j > i + d->q_offset) return 1;
     return d->key_pad && d->key_pad[(size_t)b * d->key_pad_stride + j];
@@ -37,7 +45,7 @@ static void OPFN(apply_dropout)(real *W, const real *P, const tfm_attn_dims *d, 
 void OPFN(tfm_attention_forward)(real *out, real *probs, real *scratch, const real *q,
                                  const real *k, const real *v, const tfm_attn_dims *d) {
     int BH = d->B * d->H;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if(BH > 1 && (size_t)BH * d->Tq * d->Tk * (d->dk + d->dv) >= 4 * PAR_MIN)
     for (int bh = 0; bh < BH; bh++) {
         int b = bh / d->H, h = bh % d->H;
         const real *Q = q + b * d->q_batch + (size_t)h * d->dk;
@@ -80,7 +88,7 @@ void OPFN(tfm_attention_backward)(real *dq, real *dk, real *dv, real *scratch, c
                                   const real *probs, const real *q, const real *k, const real *v,
                                   const tfm_attn_dims *d) {
     int BH = d->B * d->H;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if(BH > 1 && (size_t)BH * d->Tq * d->Tk * (d->dk + d->dv) >= 4 * PAR_MIN)
     for (int bh = 0; bh < BH; bh++) {
         int b = bh / d->H, h = bh % d->H;
         const real *Q = q + b * d->q_batch + (size_t)h * d->dk;

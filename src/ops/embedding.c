@@ -16,9 +16,17 @@
 #include <omp.h>
 #endif
 
+/* Below about this much work (elements) a parallel region costs more than it
+ * saves: a region costs microseconds, and decoding one sentence runs dozens
+ * of ops over a single [1, D] row per token. Each element's arithmetic is
+ * the same whether a loop runs in parallel or not, so results do not change. */
+#ifndef PAR_MIN
+#define PAR_MIN 16384
+#endif
+
 void OPFN(tfm_embedding_forward)(real *out, const int32_t *ids, const real *table, int N, int D,
                                  real scale) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if((size_t)N * D >= PAR_MIN)
     for (int n = 0; n < N; n++) {
         const real *src = table + (size_t)ids[n] * D;
         real *dst = out + (size_t)n * D;
@@ -30,7 +38,7 @@ void OPFN(tfm_embedding_backward)(real *dtable, const real *dout, const int32_t 
                                   int D, real scale) {
     /* Several rows may share an id, so threads split the columns, not the rows:
      * no two threads touch the same element, and the sum order is fixed. */
-#pragma omp parallel
+#pragma omp parallel if((size_t)N * D >= PAR_MIN)
     {
 #ifdef _OPENMP
         int nt = omp_get_num_threads(), t = omp_get_thread_num();
@@ -58,7 +66,7 @@ void OPFN(tfm_sinusoidal_table)(real *table, int P, int D) {
 }
 
 void OPFN(tfm_positions_forward)(real *x, const real *table, const int32_t *pos, int N, int D) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if((size_t)N * D >= PAR_MIN)
     for (int n = 0; n < N; n++) {
         const real *src = table + (size_t)pos[n] * D;
         real *dst = x + (size_t)n * D;
@@ -74,7 +82,7 @@ void OPFN(tfm_rope)(real *x, long row, const int32_t *pos, int N, int H, int dk,
                     int inverse) {
     TFM_ASSERT(dk % 2 == 0);
     int half = dk / 2;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if((size_t)N * half >= PAR_MIN / 16) /* pow, cos, sin per pair */
     for (int n = 0; n < N; n++) {
         for (int i = 0; i < half; i++) {
             double freq = pow(theta, -2.0 * i / dk);

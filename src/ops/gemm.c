@@ -3,14 +3,21 @@
  *
  *   C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C
  *
- * Built with OpenBLAS it calls cblas_sgemm / cblas_dgemm; without BLAS it runs
- * a portable, cache-friendly loop parallelised over rows of C. beta == 0 never
+ * Built with OpenBLAS it calls cblas_sgemm / cblas_dgemm, or cblas_sgemv /
+ * cblas_dgemv when C is a single row (M == 1); without BLAS it runs a
+ * portable, cache-friendly loop parallelised over rows of C. beta == 0 never
  * reads C, so C may hold garbage (NaN) on entry, as with BLAS.
  */
 #include "ops/ops.h"
 
 #ifdef TFM_HAVE_CBLAS
 #include <cblas.h>
+#endif
+
+/* Below about this many multiply-adds a parallel region costs more than it
+ * saves (the fallback loop only). */
+#ifndef GEMM_PAR_MIN
+#define GEMM_PAR_MIN 65536
 #endif
 
 /* Element (r, c) of op(X) for a row-major stored X with row stride ld. */
@@ -25,6 +32,26 @@ void OPFN(tfm_gemm)(int trans_a, int trans_b, int M, int N, int K, real alpha, c
         return;
     }
 #ifdef TFM_HAVE_CBLAS
+    if (M == 1) {
+        /* One row (a decoding step of one sentence, attention with one query):
+         * a matrix-vector product. OpenBLAS's sgemm would pack op(B) on every
+         * call (for x W^T, the whole weight matrix), which dominated decoding
+         * one sentence; gemv streams it once. C is cleared here and beta set to
+         * 1, so that beta == 0 never reads C whatever gemv's scal does with 0. */
+        if (beta == 0) {
+            for (int j = 0; j < N; j++) C[j] = 0;
+            beta = 1;
+        }
+        int incx = trans_a ? lda : 1;
+#ifdef TFM_OPS_F64
+        if (trans_b) cblas_dgemv(CblasRowMajor, CblasNoTrans, N, K, alpha, B, ldb, A, incx, beta, C, 1);
+        else cblas_dgemv(CblasRowMajor, CblasTrans, K, N, alpha, B, ldb, A, incx, beta, C, 1);
+#else
+        if (trans_b) cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, alpha, B, ldb, A, incx, beta, C, 1);
+        else cblas_sgemv(CblasRowMajor, CblasTrans, K, N, alpha, B, ldb, A, incx, beta, C, 1);
+#endif
+        return;
+    }
 #ifdef TFM_OPS_F64
     cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
                 M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
@@ -35,7 +62,7 @@ void OPFN(tfm_gemm)(int trans_a, int trans_b, int M, int N, int K, real alpha, c
 #else
     /* Portable fallback: i-k-j order so the inner loop streams rows of B and C
      * when B is not transposed. */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(M > 1 && (double)M * N * K >= GEMM_PAR_MIN)
     for (int i = 0; i < M; i++) {
         real *c = C + (size_t)i * ldc;
         for (int j = 0; j < N; j++) c[j] = beta == 0 ? 0 : beta * c[j];

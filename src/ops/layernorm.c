@@ -13,9 +13,17 @@
 #include <omp.h>
 #endif
 
+/* Below about this much work (elements) a parallel region costs more than it
+ * saves: a region costs microseconds, and decoding one sentence runs dozens
+ * of ops over a single [1, D] row per token. Each element's arithmetic is
+ * the same whether a loop runs in parallel or not, so results do not change. */
+#ifndef PAR_MIN
+#define PAR_MIN 16384
+#endif
+
 TFM_CLONES void OPFN(tfm_layernorm_forward)(real *out, real *mean, real *rstd, const real *in, const real *w,
                                  const real *b, int N, int D, real eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if((size_t)N * D >= PAR_MIN)
     for (int n = 0; n < N; n++) {
         const real *x = in + (size_t)n * D;
         double m = 0;
@@ -36,7 +44,7 @@ TFM_CLONES void OPFN(tfm_layernorm_backward)(real *din, real *dw, real *db, cons
                                   const real *mean, const real *rstd, const real *w, int N, int D,
                                   int accumulate) {
     /* dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dout * w */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if((size_t)N * D >= PAR_MIN)
     for (int n = 0; n < N; n++) {
         const real *x = in + (size_t)n * D, *dy = dout + (size_t)n * D;
         real m = mean[n], s = rstd[n];
@@ -56,7 +64,7 @@ TFM_CLONES void OPFN(tfm_layernorm_backward)(real *din, real *dw, real *db, cons
     }
     /* Parameter gradients: threads own column blocks and walk the rows in
      * order (contiguous reads, a fixed sum order at any thread count). */
-#pragma omp parallel
+#pragma omp parallel if((size_t)N * D >= PAR_MIN)
     {
 #ifdef _OPENMP
         int nt = omp_get_num_threads(), t = omp_get_thread_num();

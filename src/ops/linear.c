@@ -11,11 +11,19 @@
 #include <omp.h>
 #endif
 
+/* Below about this much work (elements) a parallel region costs more than it
+ * saves: a region costs microseconds, and decoding one sentence runs dozens
+ * of ops over a single [1, D] row per token. Each element's arithmetic is
+ * the same whether a loop runs in parallel or not, so results do not change. */
+#ifndef PAR_MIN
+#define PAR_MIN 16384
+#endif
+
 void OPFN(tfm_linear_forward)(real *out, const real *in, const real *w, const real *b, int N,
                               int n_in, int n_out) {
     OPFN(tfm_gemm)(0, 1, N, n_out, n_in, 1, in, n_in, w, n_in, 0, out, n_out);
     if (!b) return;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if((size_t)N * n_out >= PAR_MIN)
     for (int n = 0; n < N; n++) {
         real *row = out + (size_t)n * n_out;
         for (int o = 0; o < n_out; o++) row[o] += b[o];
@@ -29,7 +37,7 @@ void OPFN(tfm_linear_backward)(real *din, real *dw, real *db, const real *dout, 
     if (db) {
         /* Threads own column blocks and walk the rows in order: contiguous
          * reads, and the same sum order at any thread count. */
-#pragma omp parallel
+#pragma omp parallel if((size_t)N * n_out >= PAR_MIN)
         {
 #ifdef _OPENMP
             int nt = omp_get_num_threads(), t = omp_get_thread_num();

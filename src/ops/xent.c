@@ -29,7 +29,7 @@ TFM_CLONES double OPFN(tfm_xent_forward)(real *lse, const real *logits, const in
                               int pad_id, real smoothing, long *count) {
     double total = 0;
     long counted = 0;
-#pragma omp parallel for schedule(static) reduction(+ : total, counted)
+#pragma omp parallel for schedule(static) reduction(+ : total, counted) if(N > 1)
     for (int n = 0; n < N; n++) {
         const real *x = logits + (size_t)n * V;
         real l = OPFN(row_logsumexp)(x, V);
@@ -53,7 +53,7 @@ TFM_CLONES double OPFN(tfm_xent_forward)(real *lse, const real *logits, const in
 TFM_CLONES void OPFN(tfm_xent_backward)(real *dlogits, const real *logits, const real *lse,
                              const int32_t *targets, int N, int V, int pad_id, real smoothing,
                              real scale) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(N > 1)
     for (int n = 0; n < N; n++) {
         const real *x = logits + (size_t)n * V;
         real *g = dlogits + (size_t)n * V;
@@ -70,7 +70,7 @@ TFM_CLONES void OPFN(tfm_xent_backward)(real *dlogits, const real *logits, const
 }
 
 TFM_CLONES void OPFN(tfm_log_softmax)(real *out, const real *logits, int N, int V) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(N > 1)
     for (int n = 0; n < N; n++) {
         const real *x = logits + (size_t)n * V;
         real l = OPFN(row_logsumexp)(x, V);
@@ -82,7 +82,7 @@ TFM_CLONES void OPFN(tfm_log_softmax)(real *out, const real *logits, int N, int 
 #ifndef TFM_OPS_F64
 void tfm_topk_logprobs(int32_t *ids, float *vals, const float *x, int N, int V, int k, int skip_a, int skip_b,
                        int skip_c) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if(N > 1)
     for (int n = 0; n < N; n++) {
         const float *row = x + (size_t)n * V;
         int32_t *id = ids + (size_t)n * k;
