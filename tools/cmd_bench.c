@@ -345,6 +345,17 @@ static int to_device(tfm_model *m, const bench_opts *o) {
 
 /* ------------------------------------------------------------------ train */
 
+/* A trainer for up to B pairs of S + T tokens with the paper's recipe:
+ * Adam 0.9/0.98/1e-9, the noam schedule for the model's d_model, no clipping. */
+static tfm_status paper_trainer(tfm_trainer *tr, tfm_model *m, int B, int S, int T, uint64_t seed) {
+    tfm_adam_params opt;
+    tfm_adam_default_params(&opt);
+    tfm_lr_schedule sched;
+    tfm_lr_schedule_default(&sched);
+    sched.d_model = m->cfg.d_model;
+    return tfm_trainer_init(tr, m, &opt, &sched, B, S, T, seed);
+}
+
 /* Trainer steps on one batch: the model of the size with the paper's
  * recipe (Adam 0.9/0.98/1e-9, the noam schedule, no clipping). */
 static int run_train(const bench_opts *o) {
@@ -354,13 +365,8 @@ static int run_train(const bench_opts *o) {
     tfm_model m;
     if (tfm_model_init(&m, &cfg, o->seed) != TFM_OK) return fail("model");
     if (to_device(&m, o) != 0) return 1;
-    tfm_adam_params opt;
-    tfm_adam_default_params(&opt);
-    tfm_lr_schedule sched;
-    tfm_lr_schedule_default(&sched);
-    sched.d_model = cfg.d_model;
     tfm_trainer tr;
-    if (tfm_trainer_init(&tr, &m, &opt, &sched, B, S, T, o->seed) != TFM_OK) {
+    if (paper_trainer(&tr, &m, B, S, T, o->seed) != TFM_OK) {
         tfm_model_free(&m);
         return fail("trainer");
     }
@@ -682,13 +688,8 @@ static int run_long(const bench_opts *o) {
     tfm_model m;
     if (tfm_model_init(&m, &cfg, o->seed) != TFM_OK) return fail("model");
     if (to_device(&m, o) != 0) return 1;
-    tfm_adam_params opt;
-    tfm_adam_default_params(&opt);
-    tfm_lr_schedule sched;
-    tfm_lr_schedule_default(&sched);
-    sched.d_model = cfg.d_model;
     tfm_trainer tr;
-    if (tfm_trainer_init(&tr, &m, &opt, &sched, 1, L, 0, o->seed) != TFM_OK) {
+    if (paper_trainer(&tr, &m, 1, L, 0, o->seed) != TFM_OK) {
         tfm_model_free(&m);
         return fail("trainer");
     }
