@@ -25,9 +25,12 @@ static inline uint64_t tfm_rng_u64(uint64_t seed, uint64_t stream, uint64_t inde
     return tfm_mix64(z ^ (index * 0xd1b54a32d192ed03ULL + 0x8cb92ba72f3d8dd7ULL));
 }
 
-/* A float uniform in [0, 1) with 24 random bits. */
+/* A float uniform in [0, 1) with 24 random bits. The bits go to float
+ * through uint32_t (the same value: they fit in 24 bits) because AVX-512F has
+ * a vector conversion from 32-bit integers but not from 64-bit ones, so loops
+ * under `omp simd` (dropout) vectorise: about 4x faster on 2 cores. */
 static inline float tfm_rng_uniform(uint64_t seed, uint64_t stream, uint64_t index) {
-    return (float)(tfm_rng_u64(seed, stream, index) >> 40) * (1.0f / 16777216.0f);
+    return (float)(uint32_t)(tfm_rng_u64(seed, stream, index) >> 40) * (1.0f / 16777216.0f);
 }
 
 /* A sequential generator for initialisation and shuffling. */

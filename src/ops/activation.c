@@ -57,7 +57,7 @@ TFM_CLONES void OPFN(tfm_dropout)(real *out, const real *in, size_t n, float p, 
         return;
     }
     real scale = (real)(1.0 / (1.0 - p));
-#pragma omp parallel for schedule(static) if(n >= PAR_MIN / 8) /* one hash per element */
+#pragma omp parallel for simd schedule(static) if(n >= PAR_MIN / 8) /* one hash per element */
     for (size_t i = 0; i < n; i++)
         out[i] = tfm_rng_uniform(seed, stream, i) >= p ? in[i] * scale : 0;
 }
@@ -70,7 +70,7 @@ TFM_CLONES void OPFN(tfm_residual_dropout)(real *out, const real *x, const real 
         return;
     }
     real scale = (real)(1.0 / (1.0 - p));
-#pragma omp parallel for schedule(static) if(n >= PAR_MIN / 8)
+#pragma omp parallel for simd schedule(static) if(n >= PAR_MIN / 8)
     for (size_t i = 0; i < n; i++)
         out[i] = x[i] + (tfm_rng_uniform(seed, stream, i) >= p ? y[i] * scale : 0);
 }

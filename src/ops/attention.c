@@ -38,6 +38,7 @@ static size_t prob_offset(const tfm_attn_dims *d, int b, int h, int i) {
 static void OPFN(apply_dropout)(real *W, const real *P, const tfm_attn_dims *d, int b, int h) {
     size_t base = prob_offset(d, b, h, 0), n = (size_t)d->Tq * d->Tk;
     real scale = (real)(1.0 / (1.0 - d->dropout));
+#pragma omp simd
     for (size_t e = 0; e < n; e++)
         W[e] = tfm_rng_uniform(d->seed, d->stream, base + e) >= d->dropout ? P[e] * scale : 0;
 }
