@@ -763,6 +763,120 @@ static void test_dropout(void) {
     free(out), free(x), free(y);
 }
 
+/* ------------------------------------------------------------ fused ops */
+
+/* The same zero pattern as the CPU (which elements dropout dropped), and the
+ * values within the tolerance (GELU's erff is the device's). */
+static void cmp_zeros(const char *name, const float *dev, const float *ref, size_t n) {
+    float *got = dget(dev, n);
+    size_t zero_diff = 0;
+    for (size_t i = 0; i < n; i++) zero_diff += (got[i] == 0.0f) != (ref[i] == 0.0f);
+    CHECK(zero_diff == 0, "%s: %zu of %zu elements differ in being zero (the dropout pattern)", name, zero_diff, n);
+    tfm_test_close(name, got, ref, n, TOL);
+    free(got);
+}
+
+/* residual_dropout_layernorm and layernorm_backward_dropout: the register
+ * forward (D <= 1024; float4 when D % 4 == 0) and the looped one (D > 1024),
+ * p = 0 and 0.1. res is the residual sum of residual_dropout: exact. */
+static void test_fused_layernorm(int N, int D, float p) {
+    printf("fused layernorm N=%d D=%d p=%g:\n", N, D, p);
+    size_t nd = (size_t)N * D;
+    const uint64_t seed = 0x5eed5eedull, stream = 4099;
+    float *x = hrand(nd, -1, 1), *y = hrand(nd, -1, 1);
+    for (size_t i = 0; i < nd; i++) x[i] += 3.0f;
+    float *w = hrand(D, 0.5f, 1.5f), *b = hrand(D, -0.5f, 0.5f);
+    float *d_x = dputf(x, nd), *d_y = dputf(y, nd), *d_w = dputf(w, D), *d_b = dputf(b, D);
+    float *res = hnan(nd), *ln = hnan(nd), *mean = hnan(N), *rstd = hnan(N);
+    float *d_res = dputf(res, nd), *d_ln = dputf(ln, nd), *d_mean = dputf(mean, N), *d_rstd = dputf(rstd, N);
+    G->residual_dropout_layernorm(d_res, d_ln, d_mean, d_rstd, d_x, d_y, d_w, d_b, N, D, 1e-5f, p, seed, stream);
+    C->residual_dropout_layernorm(res, ln, mean, rstd, x, y, w, b, N, D, 1e-5f, p, seed, stream);
+    cmp_exact("residual_dropout_layernorm res", d_res, res, nd);
+    cmp("residual_dropout_layernorm ln", d_ln, ln, nd);
+    cmp("residual_dropout_layernorm mean", d_mean, mean, N);
+    cmp("residual_dropout_layernorm rstd", d_rstd, rstd, N);
+    float *d_io = dputf(x, nd), *poison = hnan(nd);
+    G->upload(d_ln, poison, nd * sizeof(float));
+    G->residual_dropout_layernorm(d_io, d_ln, d_mean, d_rstd, d_io, d_y, d_w, d_b, N, D, 1e-5f, p, seed, stream);
+    cmp_exact("residual_dropout_layernorm res (res aliases x)", d_io, res, nd);
+    cmp("residual_dropout_layernorm ln (res aliases x)", d_ln, ln, nd);
+
+    /* Backward from the CPU's saved statistics; dw, db start from random values. */
+    float *dout = hrand(nd, -1, 1), *dw = hrand(D, -1, 1), *db = hrand(D, -1, 1);
+    float *din = hnan(nd), *dd = hnan(nd);
+    float *d_dout = dputf(dout, nd), *d_dw = dputf(dw, D), *d_db = dputf(db, D), *d_din = dputf(din, nd);
+    float *d_dd = dputf(dd, nd), *d_r = dputf(res, nd), *d_m = dputf(mean, N), *d_s = dputf(rstd, N);
+    G->layernorm_backward_dropout(d_din, d_dd, d_dw, d_db, d_dout, d_r, d_m, d_s, d_w, N, D, p, seed, stream);
+    C->layernorm_backward_dropout(din, dd, dw, db, dout, res, mean, rstd, w, N, D, p, seed, stream);
+    cmp("layernorm_backward_dropout din", d_din, din, nd);
+    cmp_zeros("layernorm_backward_dropout ddrop", d_dd, dd, nd);
+    cmp("layernorm_backward_dropout dw (+=)", d_dw, dw, D);
+    cmp("layernorm_backward_dropout db (+=)", d_db, db, D);
+    G->free(d_x), G->free(d_y), G->free(d_w), G->free(d_b), G->free(d_res), G->free(d_ln), G->free(d_mean);
+    G->free(d_rstd), G->free(d_io), G->free(d_dout), G->free(d_dw), G->free(d_db), G->free(d_din), G->free(d_dd);
+    G->free(d_r), G->free(d_m), G->free(d_s);
+    free(x), free(y), free(w), free(b), free(res), free(ln), free(mean), free(rstd), free(dout), free(dw), free(db);
+    free(din), free(dd), free(poison);
+}
+
+/* activation_dropout_forward and _backward, ReLU (exact: the same roundings)
+ * and GELU (the dropout pattern exact), aligned (float4) and not, in place. */
+static void test_fused_activation(float p) {
+    size_t n = 37 * 1000 + 3;
+    const uint64_t seed = 77, stream = (1ull << 40) + 5;
+    float *in = hrand(n, -4, 4), *dout = hrand(n, -1, 1);
+    float *d_in = dputf(in, n), *d_dout = dputf(dout, n);
+    static const char *names[2] = {"relu", "gelu"};
+    for (int k = 0; k < 2; k++) {
+        tfm_act_kind kind = (tfm_act_kind)k;
+        char name[96];
+        float *out = hnan(n), *d_out = dputf(out, n);
+        G->activation_dropout_forward(d_out, d_in, n, kind, p, seed, stream);
+        C->activation_dropout_forward(out, in, n, kind, p, seed, stream);
+        snprintf(name, sizeof name, "activation_dropout_forward %s p=%g", names[k], p);
+        if (kind == TFM_OP_RELU) cmp_exact(name, d_out, out, n);
+        else cmp_zeros(name, d_out, out, n);
+        float *d_io = dputf(in, n);
+        G->activation_dropout_forward(d_io, d_io, n, kind, p, seed, stream);
+        snprintf(name, sizeof name, "activation_dropout_forward %s p=%g in place", names[k], p);
+        cmp_zeros(name, d_io, out, n);
+        float *din = hnan(n), *d_din = dputf(din, n);
+        G->activation_dropout_backward(d_din, d_dout, d_in, n, kind, p, seed, stream);
+        C->activation_dropout_backward(din, dout, in, n, kind, p, seed, stream);
+        snprintf(name, sizeof name, "activation_dropout_backward %s p=%g", names[k], p);
+        if (kind == TFM_OP_RELU) cmp_exact(name, d_din, din, n);
+        else cmp_zeros(name, d_din, din, n);
+        float *d_g = dputf(dout, n);
+        G->activation_dropout_backward(d_g, d_g, d_in, n, kind, p, seed, stream);
+        snprintf(name, sizeof name, "activation_dropout_backward %s p=%g in place", names[k], p);
+        cmp_zeros(name, d_g, din, n);
+        /* 4 bytes past a 16-byte boundary: the one-at-a-time path; indices from 0 again. */
+        float *poison = hnan(n), *u = hnan(n), *d_u = dputf(poison, n);
+        G->activation_dropout_forward(d_u + 1, d_in + 1, n - 1, kind, p, seed, stream);
+        C->activation_dropout_forward(u + 1, in + 1, n - 1, kind, p, seed, stream);
+        snprintf(name, sizeof name, "activation_dropout_forward %s p=%g unaligned", names[k], p);
+        cmp_zeros(name, d_u + 1, u + 1, n - 1);
+        G->upload(d_u, poison, n * sizeof(float));
+        G->activation_dropout_backward(d_u + 1, d_dout + 1, d_in + 1, n - 1, kind, p, seed, stream);
+        C->activation_dropout_backward(u + 1, dout + 1, in + 1, n - 1, kind, p, seed, stream);
+        snprintf(name, sizeof name, "activation_dropout_backward %s p=%g unaligned", names[k], p);
+        cmp_zeros(name, d_u + 1, u + 1, n - 1);
+        G->free(d_out), G->free(d_io), G->free(d_din), G->free(d_g), G->free(d_u);
+        free(out), free(din), free(poison), free(u);
+    }
+    G->free(d_in), G->free(d_dout);
+    free(in), free(dout);
+}
+
+static void test_fused(void) {
+    static const int sizes[][2] = {{37, 24}, {37, 257}, {300, 512}, {7, 511}, {5, 1024}, {3, 1025}, {37, 1337}};
+    for (int k = 0; k < 2; k++) {
+        float p = k ? 0.1f : 0.0f;
+        for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) test_fused_layernorm(sizes[i][0], sizes[i][1], p);
+        test_fused_activation(p);
+    }
+}
+
 /* -------------------------------------------------------------- attention */
 
 typedef struct attn_case {
@@ -885,6 +999,152 @@ static void test_attention(const attn_case *ac) {
     G->free(d_scratch), G->free(d_dq), G->free(d_dk), G->free(d_dv), G->free(d_bs), G->free(d_p), G->free(d_pad);
     free(q), free(k), free(v), free(dout), free(out), free(probs), free(scratch), free(dq), free(dk), free(dv);
     free(bs), free(pad);
+}
+
+/* The tiled ops (ops_decl.h: lse [B, H, Tq] instead of the probabilities)
+ * on the shapes of test_attention, against the CPU's materialised ops:
+ * out, dq, dk, dv from tfm_attention_forward / _backward, lse computed here in
+ * double from the same scores. fp32 mode: CUDA cores, within TOL (dropout
+ * must drop the CPU's elements for that). bf16: BF16 mode, tensor cores: the
+ * CPU runs on q, k, v, dout rounded to bf16 (ties to even), which shows that
+ * the GPU rounds its operands so; what remains is the GPU's rounding of P and
+ * dS to bf16 for the second products, within TOL_ATTN_BF16 of the largest
+ * element (measured on an H200: at most 4.7e-3, dk of Tq = Tk = 150; fp32
+ * mode at most 9.8e-7). Exact everywhere: a fully masked
+ * row has out 0, lse -inf and dq 0; a padded key has dk, dv 0; two runs give
+ * the same bits (no atomics). Back to fp32 mode after. */
+#define TOL_ATTN_BF16 1e-2
+
+static void test_attention_tiled(const attn_case *ac, int bf16) {
+    tfm_attn_dims d;
+    memset(&d, 0, sizeof d);
+    d.B = ac->B, d.H = ac->H, d.Tq = ac->Tq, d.Tk = ac->Tk, d.dk = ac->dk, d.dv = ac->dv;
+    d.causal = ac->causal, d.q_offset = ac->q_offset;
+    d.scale = 1.0 / sqrt((double)ac->dk);
+    d.dropout = ac->dropout, d.seed = 123456789u, d.stream = 5;
+    size_t nq = attn_layout(d.B, d.Tq, d.H, d.dk, ac->dense, &d.q_row, &d.q_batch);
+    size_t nk = attn_layout(d.B, d.Tk, d.H, d.dk, ac->dense, &d.k_row, &d.k_batch);
+    size_t nv = attn_layout(d.B, d.Tk, d.H, d.dv, ac->dense, &d.v_row, &d.v_batch);
+    size_t no = attn_layout(d.B, d.Tq, d.H, d.dv, ac->dense, &d.o_row, &d.o_batch);
+    size_t np = (size_t)d.B * d.H * d.Tq * d.Tk, nl = (size_t)d.B * d.H * d.Tq;
+
+    uint8_t *pad = NULL, *d_pad = NULL;
+    if (ac->pad) {
+        d.key_pad_stride = d.Tk + 2;
+        size_t npad = (size_t)d.B * d.key_pad_stride;
+        pad = xmalloc(npad);
+        for (size_t i = 0; i < npad; i++) pad[i] = tfm_rng_next_uniform(&g_rng) < 0.3f;
+        for (int j = 0; j < d.Tk; j++) pad[(size_t)(d.B - 1) * d.key_pad_stride + j] = 1; /* fully masked rows */
+        d_pad = dput(pad, npad);
+    }
+    float *q = attn_tensor(d.B, d.Tq, d.H, d.dk, d.q_row, d.q_batch, nq, 0);
+    float *k = attn_tensor(d.B, d.Tk, d.H, d.dk, d.k_row, d.k_batch, nk, 0);
+    float *v = attn_tensor(d.B, d.Tk, d.H, d.dv, d.v_row, d.v_batch, nv, 0);
+    float *dout = attn_tensor(d.B, d.Tq, d.H, d.dv, d.o_row, d.o_batch, no, 0);
+    float *out = attn_tensor(d.B, d.Tq, d.H, d.dv, d.o_row, d.o_batch, no, 1);
+    float *dq = attn_tensor(d.B, d.Tq, d.H, d.dk, d.q_row, d.q_batch, nq, 1);
+    float *dk = attn_tensor(d.B, d.Tk, d.H, d.dk, d.k_row, d.k_batch, nk, 1);
+    float *dv = attn_tensor(d.B, d.Tk, d.H, d.dv, d.v_row, d.v_batch, nv, 1);
+    float *lse = hnan(nl);
+    float *d_q = dputf(q, nq), *d_k = dputf(k, nk), *d_v = dputf(v, nv), *d_dout = dputf(dout, no);
+    float *d_out = dputf(out, no), *d_dq = dputf(dq, nq), *d_dk = dputf(dk, nk), *d_dv = dputf(dv, nv);
+    float *d_lse = dputf(lse, nl);
+    tfm_attn_dims dg = d;
+    dg.key_pad = d_pad;
+    d.key_pad = pad;
+    size_t ns = G->attention_tiled_scratch(&dg);
+    float *scr = hnan(ns ? ns : 1), *d_scr = dputf(scr, ns ? ns : 1);
+
+    /* Twice: the second run's bits must equal the first's. */
+    float *got[2][5];
+    CHECK(G->set_matmul_precision(bf16 ? TFM_MATMUL_BF16 : TFM_MATMUL_FP32), "precision refused");
+    for (int run = 0; run < 2; run++) {
+        G->attention_tiled_forward(d_out, d_lse, d_scr, ns, d_q, d_k, d_v, &dg);
+        G->attention_tiled_backward(d_dq, d_dk, d_dv, d_scr, ns, d_dout, d_out, d_lse, d_q, d_k, d_v, &dg);
+        got[run][0] = dget(d_out, no), got[run][1] = dget(d_lse, nl), got[run][2] = dget(d_dq, nq);
+        got[run][3] = dget(d_dk, nk), got[run][4] = dget(d_dv, nv);
+    }
+    CHECK(G->set_matmul_precision(TFM_MATMUL_FP32), "fp32 mode refused");
+    const size_t sizes[5] = {no, nl, nq, nk, nv};
+    int same = 1;
+    for (int t = 0; t < 5; t++) same &= memcmp(got[0][t], got[1][t], sizes[t] * sizeof(float)) == 0;
+    char name[160];
+    const char *mode = bf16 ? "bf16" : "fp32";
+    snprintf(name, sizeof name, "tiled %s %s", mode, ac->name);
+    printf("%-48s two runs bit-identical: %s\n", name, same ? "yes" : "NO");
+    CHECK(same, "%s: results differ between runs", name);
+
+    /* The CPU reference (on rounded operands in bf16 mode). */
+    float *rq = bf16 ? hround(q, nq) : hdup(q, nq), *rk = bf16 ? hround(k, nk) : hdup(k, nk);
+    float *rv = bf16 ? hround(v, nv) : hdup(v, nv), *rdout = bf16 ? hround(dout, no) : hdup(dout, no);
+    float *probs = hnan(np), *scratch = hnan(np), *bs = hnan(np);
+    C->attention_forward(out, probs, scratch, rq, rk, rv, &d);
+    C->attention_backward(dq, dk, dv, bs, rdout, probs, rq, rk, rv, &d);
+    double tol = bf16 ? TOL_ATTN_BF16 : TOL;
+    snprintf(name, sizeof name, "tiled %s %s out", mode, ac->name), tfm_test_close(name, got[0][0], out, no, tol);
+    snprintf(name, sizeof name, "tiled %s %s dq", mode, ac->name), tfm_test_close(name, got[0][2], dq, nq, tol);
+    snprintf(name, sizeof name, "tiled %s %s dk", mode, ac->name), tfm_test_close(name, got[0][3], dk, nk, tol);
+    snprintf(name, sizeof name, "tiled %s %s dv", mode, ac->name), tfm_test_close(name, got[0][4], dv, nv, tol);
+
+    /* lse in double; -inf (exactly where every key is masked) compared as a pattern. */
+    float *ref = hnan(nl), *gl = got[0][1];
+    size_t inf_diff = 0;
+    int exact = 1;
+    long masked_rows = 0;
+    for (int b = 0; b < d.B; b++)
+        for (int h = 0; h < d.H; h++)
+            for (int i = 0; i < d.Tq; i++) {
+                size_t r = ((size_t)b * d.H + h) * d.Tq + i;
+                double mx = -INFINITY, sum = 0;
+                double *s = xmalloc((size_t)(d.Tk > 0 ? d.Tk : 1) * sizeof *s);
+                for (int j = 0; j < d.Tk; j++) {
+                    int m = (d.causal && j > i + d.q_offset) || (pad && pad[(size_t)b * d.key_pad_stride + j]);
+                    s[j] = -INFINITY;
+                    if (m) continue;
+                    double acc = 0;
+                    for (int e = 0; e < d.dk; e++)
+                        acc += (double)rq[b * d.q_batch + (long)i * d.q_row + h * d.dk + e] *
+                               rk[b * d.k_batch + (long)j * d.k_row + h * d.dk + e];
+                    s[j] = acc * d.scale;
+                    if (s[j] > mx) mx = s[j];
+                }
+                for (int j = 0; j < d.Tk; j++)
+                    if (s[j] != -INFINITY) sum += exp(s[j] - mx);
+                free(s);
+                ref[r] = mx == -INFINITY ? -INFINITY : (float)(mx + log(sum));
+                inf_diff += isinf(ref[r]) != isinf(gl[r]);
+                if (isinf(ref[r])) {
+                    masked_rows++;
+                    const float *o = got[0][0] + b * d.o_batch + (long)i * d.o_row + h * d.dv;
+                    const float *g = got[0][2] + b * d.q_batch + (long)i * d.q_row + h * d.dk;
+                    for (int e = 0; e < d.dv; e++) exact &= o[e] == 0.0f;
+                    for (int e = 0; e < d.dk; e++) exact &= g[e] == 0.0f;
+                }
+                if (isinf(ref[r]) && isinf(gl[r])) ref[r] = gl[r] = 0.0f;
+            }
+    snprintf(name, sizeof name, "tiled %s %s lse", mode, ac->name);
+    tfm_test_close(name, gl, ref, nl, tol);
+    CHECK(inf_diff == 0, "%s: %zu rows -inf on one side only", name, inf_diff);
+    long padded = 0;
+    if (pad)
+        for (int b = 0; b < d.B; b++)
+            for (int j = 0; j < d.Tk; j++) {
+                if (!pad[(size_t)b * d.key_pad_stride + j]) continue;
+                padded++;
+                for (int e = 0; e < d.H * d.dk; e++) exact &= got[0][3][b * d.k_batch + (long)j * d.k_row + e] == 0.0f;
+                for (int e = 0; e < d.H * d.dv; e++) exact &= got[0][4][b * d.v_batch + (long)j * d.v_row + e] == 0.0f;
+            }
+    snprintf(name, sizeof name, "tiled %s %s masking", mode, ac->name);
+    printf("%-48s %ld fully masked rows: out, dq 0; %ld padded keys: dk, dv 0: %s\n", name, masked_rows, padded,
+           exact ? "yes" : "NO");
+    CHECK(exact, "%s: masked rows or padded keys are not exactly 0", name);
+
+    for (int run = 0; run < 2; run++)
+        for (int t = 0; t < 5; t++) free(got[run][t]);
+    G->free(d_q), G->free(d_k), G->free(d_v), G->free(d_dout), G->free(d_out), G->free(d_dq), G->free(d_dk);
+    G->free(d_dv), G->free(d_lse), G->free(d_scr), G->free(d_pad);
+    free(q), free(k), free(v), free(dout), free(out), free(dq), free(dk), free(dv), free(lse), free(scr);
+    free(rq), free(rk), free(rv), free(rdout), free(probs), free(scratch), free(bs), free(ref), free(pad);
 }
 
 /* ------------------------------------------------- cross-entropy, softmax */
@@ -1083,6 +1343,7 @@ int main(void) {
     for (size_t i = 0; i < sizeof ln_sizes / sizeof ln_sizes[0]; i++) test_layernorm(ln_sizes[i][0], ln_sizes[i][1]);
     test_activation();
     test_dropout();
+    test_fused();
     static const attn_case cases[] = {
         {"plain", 2, 3, 19, 19, 22, 26, 0, 0, 0, 0.0f, 0},
         {"causal", 3, 2, 37, 37, 18, 14, 1, 0, 0, 0.0f, 0},
@@ -1129,6 +1390,24 @@ int main(void) {
         snprintf(name, sizeof name, "decode Tq 1 Tk %d pad%s", tk, tk % 2 ? " dense" : "");
         attn_case c = {name, 5, 4, 1, tk, 64, 64, 1, tk - 1, 1, 0.0f, tk % 2};
         test_attention(&c);
+    }
+    /* The tiled ops over the same shapes, in fp32 mode (CUDA cores) and BF16
+     * mode (tensor cores for head sizes up to 128, fp32 past that), and
+     * shapes of their own: dense layouts (16-byte loads; the training shapes:
+     * self 32x32 causal, cross Tq 32 Tk 47), several tiles of 64 (Tq, Tk 150),
+     * head sizes 128 / 100 and 16 (the bf16 tiles padded to 128 and 32). */
+    static const attn_case tiled_cases[] = {
+        {"dense self 32x32 dk 64 causal pad dropout", 12, 8, 32, 32, 64, 64, 1, 0, 1, 0.1f, 1},
+        {"dense cross Tq 32 Tk 47 pad dropout", 7, 8, 32, 47, 64, 64, 0, 0, 1, 0.1f, 1},
+        {"dense Tq 150 Tk 150 causal pad dropout", 3, 4, 150, 150, 64, 64, 1, 0, 1, 0.1f, 1},
+        {"dense Tq 77 Tk 150 dk 128 dv 100 pad", 2, 3, 77, 150, 128, 100, 0, 0, 1, 0.0f, 1},
+        {"Tq 70 Tk 33 dk 100 dv 128 causal dropout", 2, 3, 70, 33, 100, 128, 1, 5, 0, 0.1f, 0},
+        {"dense Tq 20 Tk 9 dk 16 dv 16 pad", 5, 3, 20, 9, 16, 16, 0, 0, 1, 0.0f, 1},
+    };
+    for (int bf16 = 0; bf16 < 2; bf16++) {
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) test_attention_tiled(&cases[i], bf16);
+        for (size_t i = 0; i < sizeof tiled_cases / sizeof tiled_cases[0]; i++)
+            test_attention_tiled(&tiled_cases[i], bf16);
     }
     test_xent(0.0f);
     test_xent(0.1f);

@@ -31,6 +31,26 @@
 #define TOL 1e-4
 
 static const tfm_backend *cuda; /* the backend under test (CUDA, or the staged CPU) */
+/* The attention mode of the backend under test's workspaces (TFM_ATTENTION:
+ * NULL = auto); the CPU reference always runs auto, which is full attention
+ * at these lengths, so a "tiled" pass checks tiled against full. */
+static const char *device_attention;
+
+static tfm_status device_trainer_init(tfm_trainer *tr, tfm_model *m, const tfm_adam_params *opt,
+                                      const tfm_lr_schedule *sched, int B, int S, int T, uint64_t seed) {
+    if (device_attention) setenv("TFM_ATTENTION", device_attention, 1);
+    tfm_status st = tfm_trainer_init(tr, m, opt, sched, B, S, T, seed);
+    unsetenv("TFM_ATTENTION");
+    if (st == TFM_OK && device_attention) CHECK(tr->ws.attn_tiled == !strcmp(device_attention, "tiled"), "mode");
+    return st;
+}
+
+static tfm_status device_workspace_init(tfm_workspace *ws, tfm_model *m, int B, int S, int T) {
+    if (device_attention) setenv("TFM_ATTENTION", device_attention, 1);
+    tfm_status st = tfm_workspace_init(ws, m, B, S, T);
+    unsetenv("TFM_ATTENTION");
+    return st;
+}
 
 static tfm_config base_config(void) {
     tfm_config c;
@@ -128,7 +148,7 @@ static void check_training(const char *name, tfm_config cfg) {
     sched.lr = 1e-3f;
     tfm_trainer tc, tg;
     int ok = tfm_trainer_init(&tc, &cpu, &opt, &sched, B, S, T, 99) == TFM_OK &&
-             tfm_trainer_init(&tg, &gpu, &opt, &sched, B, S, T, 99) == TFM_OK;
+             device_trainer_init(&tg, &gpu, &opt, &sched, B, S, T, 99) == TFM_OK;
     CHECK(ok, "%s: trainer: %s", name, tfm_last_error());
     if (ok) {
         /* One micro-batch: logits, loss and every gradient. */
@@ -206,7 +226,7 @@ static void check_training(const char *name, tfm_config cfg) {
         /* Inference forward (no dropout): logits. */
         b.targets = NULL;
         tfm_workspace wc, wg;
-        if (tfm_workspace_init(&wc, &cpu, B, S, T) == TFM_OK && tfm_workspace_init(&wg, &gpu, B, S, T) == TFM_OK) {
+        if (tfm_workspace_init(&wc, &cpu, B, S, T) == TFM_OK && device_workspace_init(&wg, &gpu, B, S, T) == TFM_OK) {
             CHECK(tfm_model_forward(&cpu, &wc, &b, 0, 0) == TFM_OK, "%s", tfm_last_error());
             CHECK(tfm_model_forward(&gpu, &wg, &b, 0, 0) == TFM_OK, "%s", tfm_last_error());
             compare_floats("logits (eval forward)", name, wc.logits, wg.logits, (size_t)B * L * cfg.tgt_vocab);
@@ -274,7 +294,7 @@ static void check_decoding(const char *name, tfm_config cfg) {
     tfm_model_free(&gpu);
 }
 
-static void run_all(void) {
+static void run_all(int decoding) {
     tfm_config paper = base_config();
     check_training("post_relu_shared", paper);
 
@@ -301,6 +321,7 @@ static void run_all(void) {
     dkdv.d_v = 7;
     check_training("dk5_dv7", dkdv);
 
+    if (!decoding) return;
     check_decoding("decode_post", paper);
     check_decoding("decode_pre_rope", pre);
 }
@@ -312,13 +333,24 @@ int main(void) {
     staged.host_memory = 0;
     printf("== backend cpu-staged (CPU ops behind the device code paths)\n");
     cuda = &staged;
-    run_all();
+    run_all(1);
+    /* Tiled attention (lse saved, probabilities recomputed in the backward)
+     * against the CPU's full attention: loss, gradients, Adam steps, logits. */
+    printf("== backend cpu-staged, tiled attention\n");
+    device_attention = "tiled";
+    run_all(0);
+    device_attention = NULL;
 
     const char *why = NULL;
-    cuda = tfm_backend_cuda(&why);
-    if (cuda) {
+    const tfm_backend *dev = tfm_backend_cuda(&why);
+    if (dev) {
+        cuda = dev;
         printf("== backend %s\n", cuda->name);
-        run_all();
+        run_all(1);
+        printf("== backend %s, tiled attention\n", cuda->name);
+        device_attention = "tiled";
+        run_all(0);
+        device_attention = NULL;
     } else {
         printf("== backend cuda: SKIP: %s\n", why);
     }

@@ -713,16 +713,17 @@ static int run_long(const bench_opts *o) {
         double sec = now_s() - t0;
         ms[r] = 1e3 * sec;
         json_head(o);
-        printf(",\"len\":%d,\"rep\":%d,\"layers\":%d,\"d_model\":%d,\"params\":%zu,\"ms\":%.4f,"
-               "\"tokens_per_s\":%.3f,\"flop\":%.6e,\"gflops\":%.4f,\"loss\":%.6f,\"peak_rss_kb\":%ld}\n",
-               L, r, cfg.enc_layers, cfg.d_model, m.layout.n_params, ms[r], L / sec, flop, flop / sec * 1e-9,
-               tr.ws.loss_sum / (double)tr.ws.n_tokens, peak_rss_kb());
+        printf(",\"len\":%d,\"rep\":%d,\"layers\":%d,\"d_model\":%d,\"params\":%zu,\"attention\":\"%s\","
+               "\"ms\":%.4f,\"tokens_per_s\":%.3f,\"flop\":%.6e,\"gflops\":%.4f,\"loss\":%.6f,\"peak_rss_kb\":%ld}\n",
+               L, r, cfg.enc_layers, cfg.d_model, m.layout.n_params, tr.ws.attn_tiled ? "tiled" : "full", ms[r],
+               L / sec, flop, flop / sec * 1e-9, tr.ws.loss_sum / (double)tr.ws.n_tokens, peak_rss_kb());
         fflush(stdout);
     }
     if (!rc) {
         char extra[160];
-        snprintf(extra, sizeof extra, ",\"len\":%d,\"flop\":%.6e,\"rss_start_kb\":%ld,\"rss_after_init_kb\":%ld", L,
-                 flop, rss_start, rss_model);
+        snprintf(extra, sizeof extra,
+                 ",\"len\":%d,\"attention\":\"%s\",\"flop\":%.6e,\"rss_start_kb\":%ld,\"rss_after_init_kb\":%ld", L,
+                 tr.ws.attn_tiled ? "tiled" : "full", flop, rss_start, rss_model);
         print_summary(o, ms, o->reps, extra);
     }
     free(src);

@@ -25,13 +25,21 @@
  *   unfused (tfm_cuda_attention_set_fused(0)) vs attention.cu's row kernel,
  *   which must agree bit for bit: diff 0 expected. --attn runs this part only.
  *
+ *   --tiled (this part only): the tiled ops of attention_tiled.cu against the
+ *   materialised ones at the base model's training calls (decoder self
+ *   causal + padding, encoder self + padding, cross + padding; dropout 0.1),
+ *   forward and backward, in fp32 mode and in BF16 mode (see tiled_op).
+ *   --tiled --quick: the same at 16 batch rows, each op once, plus shapes
+ *   of the tiled kernels' other paths (for compute-sanitizer).
+ *
  * Each line: median of 20 timed calls (CUDA events on the backend's stream)
  * and the largest |new - old| relative to max|old| (a sanity check only;
  * tests/test_cuda_ops.c is the test). Not built by CMake. Build (after
  * building the library in build-cuda, say) and run from the repository root:
  *
  *   nvcc -O2 -arch=sm_90 -std=c++17 -Iinclude -Isrc bench/gpu/attn_micro.cu -Lbuild-cuda -ltransformer -lcublasLt \
- *        -Xlinker -rpath,$PWD/build-cuda -o build-cuda/attn_micro && build-cuda/attn_micro [--bf16] [--attn]
+ *        -Xlinker -rpath,$PWD/build-cuda -o build-cuda/attn_micro &&
+ *   build-cuda/attn_micro [--bf16] [--attn] [--tiled [--quick]]
  */
 #include "cuda/cuda_internal.cuh"
 
@@ -213,6 +221,8 @@ static float *dev_random(size_t n, unsigned seed) {
     return d;
 }
 
+static int g_warm = 3, g_reps = 20; /* --quick: 0 and 1 */
+
 /* Median milliseconds of 20 calls of fn, after 3 warm-up calls. */
 template <typename F>
 static double time_ms(F fn) {
@@ -220,9 +230,9 @@ static double time_ms(F fn) {
     cudaEvent_t e0, e1;
     TFM_CUDA_CHECK(cudaEventCreate(&e0));
     TFM_CUDA_CHECK(cudaEventCreate(&e1));
-    for (int i = 0; i < 3; i++) fn();
+    for (int i = 0; i < g_warm; i++) fn();
     std::vector<double> t;
-    for (int i = 0; i < 20; i++) {
+    for (int i = 0; i < g_reps; i++) {
         TFM_CUDA_CHECK(cudaEventRecord(e0, st));
         fn();
         TFM_CUDA_CHECK(cudaEventRecord(e1, st));
@@ -234,7 +244,7 @@ static double time_ms(F fn) {
     std::sort(t.begin(), t.end());
     TFM_CUDA_CHECK(cudaEventDestroy(e0));
     TFM_CUDA_CHECK(cudaEventDestroy(e1));
-    return t[10];
+    return t[t.size() / 2];
 }
 
 /* max|x - y| / max|y| over n device floats. */
@@ -377,6 +387,94 @@ static void attention_ops(const tfm_backend *be) {
     attention_op(be, dcross);
 }
 
+/* --tiled: the tiled ops (attention_tiled.cu, lse instead of probabilities)
+ * against the materialised ones (old: attention.cu, the unfused path) at the
+ * base model's training shapes, forward and backward timed apart, in fp32
+ * mode (the tiled ops on CUDA cores) and in BF16 mode (tensor cores; the
+ * materialised ops are the same fp32 kernels in both modes). diff: the
+ * largest |new - old| over max|old| of out (forward) and of dq, dk, dv
+ * (backward): rounding in fp32 mode, bf16 operands in BF16 mode. */
+static void tiled_op(const tfm_backend *be, const attn_shape &s, int bf16) {
+    size_t np = (size_t)s.B * s.H * s.Tq * s.Tk, nl = (size_t)s.B * s.H * s.Tq;
+    float *q = dev_random(s.nq, 21), *kv = dev_random(s.nkv, 22), *dout = dev_random(s.no, 23);
+    const float *k = kv + s.k_off, *v = kv + s.v_off;
+    uint8_t *pad = s.pad ? dev_pad(s.B, s.Tk, 24) : NULL;
+    tfm_attn_dims d;
+    memset(&d, 0, sizeof d);
+    d.B = s.B, d.H = s.H, d.Tq = s.Tq, d.Tk = s.Tk, d.dk = d.dv = s.d;
+    d.q_row = s.q_row, d.q_batch = s.q_batch, d.k_row = d.v_row = s.kv_row, d.k_batch = d.v_batch = s.kv_batch;
+    d.o_row = s.o_row, d.o_batch = s.o_batch;
+    d.causal = s.causal, d.q_offset = s.q_offset, d.key_pad = pad, d.key_pad_stride = s.Tk;
+    d.scale = 1.0 / sqrt((double)s.d), d.dropout = s.dropout, d.seed = 1, d.stream = 2;
+    size_t ns = be->attention_tiled_scratch(&d);
+    float *out0 = dev_zeros(s.no), *out1 = dev_zeros(s.no), *probs = dev_zeros(np), *scr = dev_zeros(np);
+    float *lse = dev_zeros(nl), *tscr = dev_zeros(ns ? ns : 1);
+    float *dq0 = dev_zeros(s.nq), *dq1 = dev_zeros(s.nq), *dkv0 = dev_zeros(s.nkv), *dkv1 = dev_zeros(s.nkv);
+    tfm_cuda_set_matmul_precision(bf16 ? TFM_MATMUL_BF16 : TFM_MATMUL_FP32);
+    double flop = 4.0 * s.B * s.H * s.Tq * s.Tk * s.d;
+    double f0 = time_ms([&] { be->attention_forward(out0, probs, scr, q, k, v, &d); });
+    double f1 = time_ms([&] { be->attention_tiled_forward(out1, lse, tscr, ns, q, k, v, &d); });
+    double b0 = time_ms([&] {
+        be->attention_backward(dq0, dkv0 + s.k_off, dkv0 + s.v_off, scr, dout, probs, q, k, v, &d);
+    });
+    double b1 = time_ms([&] {
+        be->attention_tiled_backward(dq1, dkv1 + s.k_off, dkv1 + s.v_off, tscr, ns, dout, out1, lse, q, k, v, &d);
+    });
+    char name[96];
+    snprintf(name, sizeof name, "%s %s fwd", s.name, bf16 ? "bf16" : "fp32");
+    line(name, f0, f1, flop, rel_diff(out1, out0, s.no));
+    snprintf(name, sizeof name, "%s %s bwd", s.name, bf16 ? "bf16" : "fp32");
+    line(name, b0, b1, 2 * flop, std::max(rel_diff(dq1, dq0, s.nq), rel_diff(dkv1, dkv0, s.nkv)));
+    printf("%-34s old %8.1f us  new %8.1f us  x%5.2f  (preferred: %d)\n", "  fwd + bwd", (f0 + b0) * 1e3,
+           (f1 + b1) * 1e3, (f0 + b0) / (f1 + b1), be->attention_tiled_preferred(&d));
+    tfm_cuda_set_matmul_precision(TFM_MATMUL_FP32);
+    float *all[] = {q, kv, dout, out0, out1, probs, scr, lse, tscr, dq0, dq1, dkv0, dkv1};
+    for (float *x : all) TFM_CUDA_CHECK(cudaFree(x));
+    TFM_CUDA_CHECK(cudaFree(pad));
+}
+
+static void tiled_ops(const tfm_backend *be, int B) {
+    const int H = 8, d = 64, D = H * d, T = 32;
+    const size_t N = (size_t)B * T;
+    /* The base model's training calls (model.c): decoder self-attention over
+     * q, k, v slices of one [N, 3D] buffer, causal with target padding;
+     * encoder self-attention, source padding; cross-attention, q [N, D] and
+     * k, v slices of [B*S, 2D], source padding. Dropout 0.1 on each. */
+    attn_shape dec = {"dec self causal pad", B, H, T, T, d, 1, 0, 1, 1, 0.1f,
+                      3 * D, (long)T * 3 * D, 3 * D, (long)T * 3 * D, D, 2 * D, D, (long)T * D,
+                      N * 3 * D, N * 3 * D, N * D};
+    attn_shape enc = {"enc self pad", B, H, T, T, d, 0, 0, 1, 1, 0.1f,
+                      3 * D, (long)T * 3 * D, 3 * D, (long)T * 3 * D, D, 2 * D, D, (long)T * D,
+                      N * 3 * D, N * 3 * D, N * D};
+    attn_shape cross = {"cross pad", B, H, T, T, d, 0, 0, 1, 1, 0.1f,
+                        D, (long)T * D, 2 * D, (long)T * 2 * D, 0, D, D, (long)T * D,
+                        N * D, N * 2 * D, N * D};
+    printf("tiled attention (new) vs materialised (old), %d x 8 heads, 32 x 32, head 64, dropout 0.1;\n"
+           "flops QK^T and PV (x2 backward); diff: max|new - old| / max|old| of out, dq, dk, dv\n", B);
+    /* --quick (for compute-sanitizer) adds the kernels' other paths: several
+     * tiles of 64 (T = 150), 128-wide heads, unaligned k and v (no 16-byte
+     * loads or copies). */
+    const int L = 150, BL = 4;
+    const size_t NL = (size_t)BL * L;
+    attn_shape lng = {"long self causal pad T 150", BL, H, L, L, d, 1, 0, 1, 1, 0.1f,
+                      3 * D, (long)L * 3 * D, 3 * D, (long)L * 3 * D, D, 2 * D, D, (long)L * D,
+                      NL * 3 * D, NL * 3 * D, NL * D};
+    attn_shape h128 = cross;
+    h128.name = "cross head 128 pad", h128.H = D / 128, h128.d = 128;
+    attn_shape odd = dec;
+    odd.name = "dec self unaligned k v", odd.k_off = D + 1, odd.v_off = 2 * D + 1, odd.nkv += 4;
+    for (int bf16 = 0; bf16 < 2; bf16++) {
+        tiled_op(be, dec, bf16);
+        tiled_op(be, enc, bf16);
+        tiled_op(be, cross, bf16);
+        if (g_reps == 1) {
+            tiled_op(be, lng, bf16);
+            tiled_op(be, h128, bf16);
+            tiled_op(be, odd, bf16);
+        }
+    }
+}
+
 int main(int argc, char **argv) {
     const char *why = NULL;
     const tfm_backend *be = tfm_backend_cuda(&why);
@@ -384,14 +482,24 @@ int main(int argc, char **argv) {
         fprintf(stderr, "attn_micro: no CUDA backend: %s\n", why ? why : "?");
         return 2;
     }
-    int bf16 = 0, attn_only = 0;
+    int bf16 = 0, attn_only = 0, tiled_only = 0, quick = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--bf16")) bf16 = 1;
         else if (!strcmp(argv[i], "--attn")) attn_only = 1;
+        else if (!strcmp(argv[i], "--tiled")) tiled_only = 1;
+        else if (!strcmp(argv[i], "--quick")) quick = 1;
         else {
-            fprintf(stderr, "usage: attn_micro [--bf16] [--attn]\n");
+            fprintf(stderr, "usage: attn_micro [--bf16] [--attn] [--tiled [--quick]]\n");
             return 2;
         }
+    }
+    if (tiled_only) {
+        /* --quick: 16 batch rows, one call of each op, no warm-up, and the
+         * shapes of the kernels' other paths: for compute-sanitizer, whose
+         * tools slow each launch down a lot. */
+        if (quick) g_warm = 0, g_reps = 1;
+        tiled_ops(be, quick ? 16 : 800);
+        return 0;
     }
     if (attn_only) {
         attention_ops(be);

@@ -97,11 +97,35 @@ typedef struct tfm_backend {
     void (*dropout)(float *out, const float *in, size_t n, float p, uint64_t seed, uint64_t stream);
     void (*residual_dropout)(float *out, const float *x, const float *y, size_t n, float p, uint64_t seed,
                              uint64_t stream);
+    /* Fused element-wise ops (ops_decl.h, src/ops/fused.c): the compositions'
+     * results in one pass. */
+    void (*residual_dropout_layernorm)(float *res, float *ln, float *mean, float *rstd, const float *x,
+                                       const float *y, const float *w, const float *b, int N, int D, float eps,
+                                       float p, uint64_t seed, uint64_t stream);
+    void (*layernorm_backward_dropout)(float *din, float *ddrop, float *dw, float *db, const float *dout,
+                                       const float *in, const float *mean, const float *rstd, const float *w,
+                                       int N, int D, float p, uint64_t seed, uint64_t stream);
+    void (*activation_dropout_forward)(float *out, const float *in, size_t n, tfm_act_kind kind, float p,
+                                       uint64_t seed, uint64_t stream);
+    void (*activation_dropout_backward)(float *din, const float *dout, const float *in, size_t n,
+                                        tfm_act_kind kind, float p, uint64_t seed, uint64_t stream);
     void (*attention_forward)(float *out, float *probs, float *scratch, const float *q, const float *k,
                               const float *v, const tfm_attn_dims *d);
     void (*attention_backward)(float *dq, float *dk, float *dv, float *scratch, const float *dout,
                                const float *probs, const float *q, const float *k, const float *v,
                                const tfm_attn_dims *d);
+    /* Tiled attention (ops_decl.h): lse[B, H, Tq] instead of probabilities,
+     * memory linear in length. attention_tiled_scratch: floats of scratch for
+     * d's sizes. attention_tiled_preferred: whether this backend runs the
+     * tiled ops faster than the materialised ones at d's sizes (the workspace
+     * also takes them, whatever this says, where probabilities would not fit). */
+    size_t (*attention_tiled_scratch)(const tfm_attn_dims *d);
+    int (*attention_tiled_preferred)(const tfm_attn_dims *d);
+    void (*attention_tiled_forward)(float *out, float *lse, float *scratch, size_t scratch_len, const float *q,
+                                    const float *k, const float *v, const tfm_attn_dims *d);
+    void (*attention_tiled_backward)(float *dq, float *dk, float *dv, float *scratch, size_t scratch_len,
+                                     const float *dout, const float *out, const float *lse, const float *q,
+                                     const float *k, const float *v, const tfm_attn_dims *d);
     double (*xent_forward)(float *lse, const float *logits, const int32_t *targets, int N, int V, int pad_id,
                            float smoothing, long *count);
     void (*xent_backward)(float *dlogits, const float *logits, const float *lse, const int32_t *targets, int N,

@@ -4,7 +4,7 @@
  * memory (alloc, upload, download, copy, zero, sync) and error reporting.
  *
  * The ops themselves live beside this file, one file per family (gemm.cu,
- * elementwise.cu, layernorm.cu, embedding.cu, attention.cu, xent.cu,
+ * elementwise.cu, layernorm.cu, fused.cu, embedding.cu, attention.cu, xent.cu,
  * adam.cu), each with the contract of src/ops/ops_decl.h (float versions).
  * Every pointer an op takes is device memory from `alloc`, token ids,
  * positions and masks included.
@@ -470,8 +470,16 @@ static void fill_table(tfm_backend *t) {
     t->activation_backward = tfm_cuda_activation_backward;
     t->dropout = tfm_cuda_dropout;
     t->residual_dropout = tfm_cuda_residual_dropout;
+    t->residual_dropout_layernorm = tfm_cuda_residual_dropout_layernorm;
+    t->layernorm_backward_dropout = tfm_cuda_layernorm_backward_dropout;
+    t->activation_dropout_forward = tfm_cuda_activation_dropout_forward;
+    t->activation_dropout_backward = tfm_cuda_activation_dropout_backward;
     t->attention_forward = tfm_cuda_attention_forward;
     t->attention_backward = tfm_cuda_attention_backward;
+    t->attention_tiled_scratch = tfm_cuda_attention_tiled_scratch;
+    t->attention_tiled_preferred = tfm_cuda_attention_tiled_preferred;
+    t->attention_tiled_forward = tfm_cuda_attention_tiled_forward;
+    t->attention_tiled_backward = tfm_cuda_attention_tiled_backward;
     t->xent_forward = tfm_cuda_xent_forward;
     t->xent_backward = tfm_cuda_xent_backward;
     t->log_softmax = tfm_cuda_log_softmax;

@@ -181,6 +181,9 @@ void tfm_cuda_adam_update(const tfm_adam_coefs *c, float *param, const float *gr
                           size_t n);
 /* gemm.cu */
 int tfm_cuda_set_matmul_precision(tfm_matmul_precision p);
+/* 1 in BF16 mode (TFM_MATMUL_BF16), else 0: the tiled attention (attention_tiled.cu)
+ * runs its products on tensor cores in bf16 only then. */
+int tfm_cuda_matmul_is_bf16(void);
 void tfm_cuda_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                    const float *B, int ldb, float beta, float *C, int ldc);
 void tfm_cuda_linear_forward(float *out, const float *in, const float *w, const float *b, int N, int n_in,
@@ -199,12 +202,27 @@ void tfm_cuda_layernorm_forward(float *out, float *mean, float *rstd, const floa
 void tfm_cuda_layernorm_backward(float *din, float *dw, float *db, const float *dout, const float *in,
                                  const float *mean, const float *rstd, const float *w, int N, int D,
                                  int accumulate);
+/* The parameter gradients of the LayerNorm backward alone (dw[D] +=, db[D] +=),
+ * deterministic two-pass column sums; for fused.cu. N, D > 0. */
+void tfm_cuda_layernorm_dparams(float *dw, float *db, const float *dout, const float *in, const float *mean,
+                                const float *rstd, int N, int D);
 /* elementwise.cu */
 void tfm_cuda_activation_forward(float *out, const float *in, size_t n, tfm_act_kind kind);
 void tfm_cuda_activation_backward(float *din, const float *dout, const float *in, size_t n, tfm_act_kind kind);
 void tfm_cuda_dropout(float *out, const float *in, size_t n, float p, uint64_t seed, uint64_t stream);
 void tfm_cuda_residual_dropout(float *out, const float *x, const float *y, size_t n, float p, uint64_t seed,
                                uint64_t stream);
+/* fused.cu */
+void tfm_cuda_residual_dropout_layernorm(float *res, float *ln, float *mean, float *rstd, const float *x,
+                                         const float *y, const float *w, const float *b, int N, int D, float eps,
+                                         float p, uint64_t seed, uint64_t stream);
+void tfm_cuda_layernorm_backward_dropout(float *din, float *ddrop, float *dw, float *db, const float *dout,
+                                         const float *in, const float *mean, const float *rstd, const float *w,
+                                         int N, int D, float p, uint64_t seed, uint64_t stream);
+void tfm_cuda_activation_dropout_forward(float *out, const float *in, size_t n, tfm_act_kind kind, float p,
+                                         uint64_t seed, uint64_t stream);
+void tfm_cuda_activation_dropout_backward(float *din, const float *dout, const float *in, size_t n,
+                                          tfm_act_kind kind, float p, uint64_t seed, uint64_t stream);
 /* attention.cu */
 void tfm_cuda_attention_forward(float *out, float *probs, float *scratch, const float *q, const float *k,
                                 const float *v, const tfm_attn_dims *d);
@@ -217,6 +235,16 @@ void tfm_cuda_attention_backward(float *dq, float *dk, float *dv, float *scratch
  * unfused. For bench/gpu/attn_micro.cu, which times one against the other;
  * returns the previous setting. */
 int tfm_cuda_attention_set_fused(int on);
+/* attention_tiled.cu: the tiled (flash) attention ops of ops_decl.h; see the
+ * top of that file for the two paths (bf16 tensor cores in BF16 mode, fp32
+ * CUDA cores otherwise). scratch: delta [B, H, Tq] for the fp32 backward. */
+size_t tfm_cuda_attention_tiled_scratch(const tfm_attn_dims *d);
+int tfm_cuda_attention_tiled_preferred(const tfm_attn_dims *d);
+void tfm_cuda_attention_tiled_forward(float *out, float *lse, float *scratch, size_t scratch_len, const float *q,
+                                      const float *k, const float *v, const tfm_attn_dims *d);
+void tfm_cuda_attention_tiled_backward(float *dq, float *dk, float *dv, float *scratch, size_t scratch_len,
+                                       const float *dout, const float *out, const float *lse, const float *q,
+                                       const float *k, const float *v, const tfm_attn_dims *d);
 /* xent.cu */
 double tfm_cuda_xent_forward(float *lse, const float *logits, const int32_t *targets, int N, int V, int pad_id,
                              float smoothing, long *count);

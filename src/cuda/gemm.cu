@@ -213,6 +213,9 @@ int tfm_cuda_set_matmul_precision(tfm_matmul_precision p) {
     return 0;
 }
 
+/* See cuda_internal.cuh. */
+int tfm_cuda_matmul_is_bf16(void) { return g_bf16; }
+
 /* The largest power of two (4 to 16) that divides the address: cuBLASLt
  * assumes 256-byte aligned operands unless told otherwise, and offsets into
  * one buffer (a layer's weights, a head) are often only 4-byte aligned.

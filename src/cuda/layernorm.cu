@@ -238,20 +238,30 @@ __global__ void layernorm_dparams_sum_kernel(float *dw, float *db, const float *
     }
 }
 
-/* din[N,D] (= or += when accumulate); dw[D] +=; db[D] +=. Device pointers. */
-void tfm_cuda_layernorm_backward(float *din, float *dw, float *db, const float *dout, const float *in,
-                                 const float *mean, const float *rstd, const float *w, int N, int D,
-                                 int accumulate) {
-    if (N <= 0 || D <= 0) return;
+/* dw[D] += sum_n dout * (in - mean) * rstd; db[D] += sum_n dout: the two
+ * passes above, through the backend's scratch. Device pointers; N, D > 0.
+ * Also used by fused.cu. */
+void tfm_cuda_layernorm_dparams(float *dw, float *db, const float *dout, const float *in, const float *mean,
+                                const float *rstd, int N, int D) {
     cudaStream_t st = tfm_cuda_stream();
     int R = (N + LN_CHUNK - 1) / LN_CHUNK;
-    /* Before the launches: growing the scratch synchronises the stream. */
+    /* Growing the scratch synchronises the stream (the kernels queued before
+     * this only wait; their results do not change). */
     float *pw = (float *)tfm_cuda_scratch((size_t)2 * R * D * sizeof(float)), *pb = pw + (size_t)R * D;
-    layernorm_din_kernel<<<row_blocks(N), 32 * LN_WARPS, 0, st>>>(din, dout, in, mean, rstd, w, N, D, accumulate);
-    TFM_CUDA_LAUNCHED();
     dim3 block(LN_COLS, LN_GROUPS), grid((D + LN_COLS - 1) / LN_COLS, R < 65535 ? R : 65535);
     layernorm_dparams_partial_kernel<<<grid, block, 0, st>>>(pw, pb, dout, in, mean, rstd, N, D);
     TFM_CUDA_LAUNCHED();
     layernorm_dparams_sum_kernel<<<grid.x, block, 0, st>>>(dw, db, pw, pb, R, D);
     TFM_CUDA_LAUNCHED();
+}
+
+/* din[N,D] (= or += when accumulate); dw[D] +=; db[D] +=. Device pointers. */
+void tfm_cuda_layernorm_backward(float *din, float *dw, float *db, const float *dout, const float *in,
+                                 const float *mean, const float *rstd, const float *w, int N, int D,
+                                 int accumulate) {
+    if (N <= 0 || D <= 0) return;
+    layernorm_din_kernel<<<row_blocks(N), 32 * LN_WARPS, 0, tfm_cuda_stream()>>>(din, dout, in, mean, rstd, w, N, D,
+                                                                                 accumulate);
+    TFM_CUDA_LAUNCHED();
+    tfm_cuda_layernorm_dparams(dw, db, dout, in, mean, rstd, N, D);
 }

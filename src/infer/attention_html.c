@@ -484,7 +484,7 @@ tfm_status tfm_attention_html_write(const tfm_model *m, const tfm_bpe *bpe, cons
             if (T) memcpy(tgt_in + 1 + S, tgt, (size_t)T * sizeof *tgt);
         }
     }
-    st = tfm_workspace_init(&ws, m, 1, Se, Td);
+    st = tfm_workspace_init_mode(&ws, m, 1, Se, Td, 0, 0, TFM_ATTENTION_FULL); /* keeps the probabilities */
     if (st != TFM_OK) goto done;
     tfm_batch batch = {.B = 1, .S = Se, .T = Td, .src = has_enc ? src : NULL, .tgt_in = tgt_in};
     st = tfm_model_forward(m, &ws, &batch, 0, 0);

@@ -163,7 +163,7 @@ static size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
  * for cross-attention sources of at most S tokens in at most `src_cells`. A
  * [B, H, Lq, Lk] score array holds at most rows * Lk elements per head. */
 static void take_stack(carver *c, tfm_stack_acts *s, const tfm_model *m, int layers, int cross,
-                       int B, int L, size_t N, int S, size_t src_cells) {
+                       int B, int L, size_t N, int S, size_t src_cells, int tiled) {
     const tfm_config *cfg = &m->cfg;
     int D = cfg->d_model, H = cfg->heads;
     s->embed = take(c, N * D);
@@ -171,13 +171,15 @@ static void take_stack(carver *c, tfm_stack_acts *s, const tfm_model *m, int lay
         tfm_layer_acts *a = &s->layers[i];
         take_block(c, &a->self, N, D);
         a->qkv = take(c, N * m->qkv_dim);
-        a->probs = take(c, (size_t)H * min_size((size_t)B * L * L, N * L));
+        if (tiled) a->lse = take(c, (size_t)H * N);
+        else a->probs = take(c, (size_t)H * min_size((size_t)B * L * L, N * L));
         a->att = take(c, N * H * m->dv);
         if (cross) {
             take_block(c, &a->cross, N, D);
             a->cq = take(c, N * H * m->dk);
             a->ckv = take(c, src_cells * H * (m->dk + m->dv));
-            a->cprobs = take(c, (size_t)H * min_size(N * S, src_cells * L));
+            if (tiled) a->clse = take(c, (size_t)H * N);
+            else a->cprobs = take(c, (size_t)H * min_size(N * S, src_cells * L));
             a->catt = take(c, N * H * m->dv);
         }
         take_block(c, &a->ffn, N, D);
@@ -192,8 +194,8 @@ static void carve_workspace(carver *c, tfm_workspace *ws, const tfm_model *m) {
     int B = ws->max_B, S = ws->max_S, T = ws->max_T, D = cfg->d_model, H = cfg->heads;
     int has_enc = cfg->enc_layers > 0, has_dec = cfg->dec_layers > 0;
     size_t ns = (size_t)ws->max_src_cells, nt = (size_t)ws->max_tgt_cells;
-    if (has_enc) take_stack(c, &ws->enc, m, cfg->enc_layers, 0, B, S, ns, 0, 0);
-    if (has_dec) take_stack(c, &ws->dec, m, cfg->dec_layers, has_enc, B, T, nt, S, ns);
+    if (has_enc) take_stack(c, &ws->enc, m, cfg->enc_layers, 0, B, S, ns, 0, 0, ws->attn_tiled);
+    if (has_dec) take_stack(c, &ws->dec, m, cfg->dec_layers, has_enc, B, T, nt, S, ns, ws->attn_tiled);
     size_t n_out = has_dec ? nt : ns;
     size_t n_max = ns > nt ? ns : nt;
     int L = S > T ? S : T;
@@ -207,7 +209,7 @@ static void carve_workspace(carver *c, tfm_workspace *ws, const tfm_model *m) {
     ws->gtmp = take(c, n_max * D);
     ws->datt = take(c, n_max * H * m->dv);
     ws->dqkv = take(c, n_max * m->qkv_dim);
-    ws->dprobs = take(c, scores);
+    ws->dprobs = take(c, ws->attn_tiled ? ws->attn_scratch_len : scores);
     ws->dffn = take(c, n_max * cfg->d_ff);
     if (has_enc && has_dec) {
         ws->dmem = take(c, ns * D);
@@ -222,6 +224,51 @@ tfm_status tfm_workspace_init(tfm_workspace *ws, const tfm_model *m, int max_B, 
 
 tfm_status tfm_workspace_init_cells(tfm_workspace *ws, const tfm_model *m, int max_B, int max_S, int max_T,
                                     long max_src_cells, long max_tgt_cells) {
+    return tfm_workspace_init_mode(ws, m, max_B, max_S, max_T, max_src_cells, max_tgt_cells, TFM_ATTENTION_AUTO);
+}
+
+/* The dims of the largest attention call of a workspace: self-attention over
+ * L keys or cross-attention over S (sizes only; for the backend's scratch and
+ * preference queries). */
+static tfm_attn_dims largest_dims(const tfm_model *m, int B, int Tq, int Tk) {
+    tfm_attn_dims d = {.B = B, .H = m->cfg.heads, .Tq = Tq, .Tk = Tk, .dk = m->dk, .dv = m->dv};
+    return d;
+}
+
+/* Chooses full or tiled attention (see tfm_attention_mode) and sizes the
+ * tiled ops' scratch for the largest call. */
+static tfm_status choose_attention(tfm_workspace *ws, const tfm_model *m, tfm_attention_mode mode) {
+    const tfm_backend *be = m->be;
+    int has_tiled = be->attention_tiled_forward && be->attention_tiled_backward && be->attention_tiled_scratch;
+    const char *env = getenv("TFM_ATTENTION");
+    if (mode == TFM_ATTENTION_AUTO && env && *env) {
+        if (!strcmp(env, "full")) mode = TFM_ATTENTION_FULL;
+        else if (!strcmp(env, "tiled")) mode = TFM_ATTENTION_TILED;
+        else if (strcmp(env, "auto"))
+            return tfm_error(TFM_ERR_INVALID, "TFM_ATTENTION=%s: expected full, tiled or auto", env);
+    }
+    if (mode == TFM_ATTENTION_TILED && !has_tiled)
+        return tfm_error(TFM_ERR_INVALID, "workspace: backend %s has no tiled attention", be->name);
+    int S = ws->max_S, T = ws->max_T, L = S > T ? S : T;
+    tfm_attn_dims self = largest_dims(m, ws->max_B, L, L);
+    ws->attn_tiled = mode == TFM_ATTENTION_TILED ||
+                     (mode == TFM_ATTENTION_AUTO && has_tiled &&
+                      (L >= TFM_TILED_MIN_LEN ||
+                       (be->attention_tiled_preferred && be->attention_tiled_preferred(&self))));
+    if (ws->attn_tiled) {
+        size_t n = be->attention_tiled_scratch(&self);
+        if (S > 0 && T > 0) {
+            tfm_attn_dims cross = largest_dims(m, ws->max_B, T, S);
+            size_t nc = be->attention_tiled_scratch(&cross);
+            if (nc > n) n = nc;
+        }
+        ws->attn_scratch_len = n > 0 ? n : 1;
+    }
+    return TFM_OK;
+}
+
+tfm_status tfm_workspace_init_mode(tfm_workspace *ws, const tfm_model *m, int max_B, int max_S, int max_T,
+                                   long max_src_cells, long max_tgt_cells, tfm_attention_mode mode) {
     memset(ws, 0, sizeof *ws);
     const tfm_config *cfg = &m->cfg;
     int has_enc = cfg->enc_layers > 0, has_dec = cfg->dec_layers > 0;
@@ -239,6 +286,11 @@ tfm_status tfm_workspace_init_cells(tfm_workspace *ws, const tfm_model *m, int m
     long full_src = (long)max_B * ws->max_S, full_tgt = (long)max_B * ws->max_T;
     ws->max_src_cells = max_src_cells > 0 && max_src_cells < full_src ? max_src_cells : full_src;
     ws->max_tgt_cells = max_tgt_cells > 0 && max_tgt_cells < full_tgt ? max_tgt_cells : full_tgt;
+    tfm_status ast = choose_attention(ws, m, mode);
+    if (ast != TFM_OK) {
+        memset(ws, 0, sizeof *ws);
+        return ast;
+    }
     if (has_enc) ws->enc.layers = calloc((size_t)cfg->enc_layers, sizeof *ws->enc.layers);
     if (has_dec) ws->dec.layers = calloc((size_t)cfg->dec_layers, sizeof *ws->dec.layers);
     const tfm_backend *be = m->be;
@@ -409,8 +461,9 @@ static void self_attn_forward(const tfm_model *m, tfm_workspace *ws, const stack
         m->be->rope(a->qkv + H * m->dk, m->qkv_dim, c->pos, c->N, H, m->dk, m->cfg.rope_theta, 0);
     }
     tfm_attn_dims d = self_dims(m, c, layer);
-    m->be->attention_forward(a->att, a->probs, ws->dprobs, a->qkv, a->qkv + H * m->dk,
-                          a->qkv + 2 * H * m->dk, &d);
+    const float *q = a->qkv, *k = a->qkv + H * m->dk, *v = a->qkv + 2 * H * m->dk;
+    if (ws->attn_tiled) m->be->attention_tiled_forward(a->att, a->lse, ws->dprobs, ws->attn_scratch_len, q, k, v, &d);
+    else m->be->attention_forward(a->att, a->probs, ws->dprobs, q, k, v, &d);
     m->be->linear_forward(ws->proj, a->att, w->out_w, w->out_b, c->N, H * m->dv, D);
 }
 
@@ -423,7 +476,10 @@ static void cross_attn_forward(const tfm_model *m, tfm_workspace *ws, const stac
     m->be->linear_forward(a->cq, x, w->in_w, w->in_b, c->N, D, qd);
     m->be->linear_forward(a->ckv, c->memory, w->in_w + (size_t)qd * D, w->in_b + qd, c->B * c->S, D, kvd);
     tfm_attn_dims d = cross_dims(m, c, layer);
-    m->be->attention_forward(a->catt, a->cprobs, ws->dprobs, a->cq, a->ckv, a->ckv + qd, &d);
+    if (ws->attn_tiled)
+        m->be->attention_tiled_forward(a->catt, a->clse, ws->dprobs, ws->attn_scratch_len, a->cq, a->ckv,
+                                       a->ckv + qd, &d);
+    else m->be->attention_forward(a->catt, a->cprobs, ws->dprobs, a->cq, a->ckv, a->ckv + qd, &d);
     m->be->linear_forward(ws->proj, a->catt, w->out_w, w->out_b, c->N, H * m->dv, D);
 }
 
@@ -432,9 +488,8 @@ static void ffn_forward(const tfm_model *m, tfm_workspace *ws, const stack_ctx *
     int D = m->cfg.d_model, F = m->cfg.d_ff;
     size_t n = (size_t)c->N * F;
     m->be->linear_forward(a->ffn_h, x, w->ffn_w1, w->ffn_b1, c->N, D, F);
-    m->be->activation_forward(a->ffn_a, a->ffn_h, n, (tfm_act_kind)m->cfg.activation);
-    m->be->dropout(a->ffn_a, a->ffn_a, n, drop_p(c, m->cfg.act_dropout), c->seed,
-                stream_id(c, layer, SITE_FFN_ACT));
+    m->be->activation_dropout_forward(a->ffn_a, a->ffn_h, n, (tfm_act_kind)m->cfg.activation,
+                                      drop_p(c, m->cfg.act_dropout), c->seed, stream_id(c, layer, SITE_FFN_ACT));
     m->be->linear_forward(ws->proj, a->ffn_a, w->ffn_w2, w->ffn_b2, c->N, F, D);
 }
 
@@ -464,10 +519,12 @@ static const float *block_forward(const tfm_model *m, tfm_workspace *ws, const s
         ffn_forward(m, ws, c, layer, w, a, in);
         site = SITE_FFN_RES;
     }
-    m->be->residual_dropout(blk->res, x, ws->proj, (size_t)c->N * D, drop_p(c, m->cfg.dropout), c->seed,
-                         stream_id(c, layer, site));
-    if (!pre)
-        m->be->layernorm_forward(blk->ln, blk->mean, blk->rstd, blk->res, nw->w, nw->b, c->N, D, m->cfg.ln_eps);
+    float p = drop_p(c, m->cfg.dropout);
+    if (pre)
+        m->be->residual_dropout(blk->res, x, ws->proj, (size_t)c->N * D, p, c->seed, stream_id(c, layer, site));
+    else
+        m->be->residual_dropout_layernorm(blk->res, blk->ln, blk->mean, blk->rstd, x, ws->proj, nw->w, nw->b,
+                                          c->N, D, m->cfg.ln_eps, p, c->seed, stream_id(c, layer, site));
     return block_out(m, blk);
 }
 
@@ -572,32 +629,41 @@ tfm_status tfm_model_forward(const tfm_model *m, tfm_workspace *ws, const tfm_ba
 /* --------------------------------------------------------------- backward */
 
 /* Self-attention branch backward: dproj (gradient of the branch output) in
- * ws->proj; writes the gradient of the branch input x into din. */
+ * ws->proj; writes (accumulate 0) or adds (1) the gradient of the branch
+ * input x into din. */
 static void self_attn_backward(const tfm_model *m, tfm_workspace *ws, const stack_ctx *c,
                                int layer, const tfm_attn_weights *w, const tfm_attn_weights *gw,
-                               const tfm_layer_acts *a, const float *x, float *din) {
+                               const tfm_layer_acts *a, const float *x, float *din, int accumulate) {
     int D = m->cfg.d_model, H = m->cfg.heads, hk = H * m->dk;
     m->be->linear_backward(ws->datt, gw->out_w, gw->out_b, ws->proj, a->att, w->out_w, c->N, H * m->dv, D, 0);
     tfm_attn_dims d = self_dims(m, c, layer);
-    m->be->attention_backward(ws->dqkv, ws->dqkv + hk, ws->dqkv + 2 * hk, ws->dprobs, ws->datt,
-                           a->probs, a->qkv, a->qkv + hk, a->qkv + 2 * hk, &d);
+    if (ws->attn_tiled)
+        m->be->attention_tiled_backward(ws->dqkv, ws->dqkv + hk, ws->dqkv + 2 * hk, ws->dprobs, ws->attn_scratch_len,
+                                        ws->datt, a->att, a->lse, a->qkv, a->qkv + hk, a->qkv + 2 * hk, &d);
+    else
+        m->be->attention_backward(ws->dqkv, ws->dqkv + hk, ws->dqkv + 2 * hk, ws->dprobs, ws->datt, a->probs,
+                                  a->qkv, a->qkv + hk, a->qkv + 2 * hk, &d);
     if (m->cfg.positions == TFM_POS_ROPE) {
         m->be->rope(ws->dqkv, m->qkv_dim, c->pos, c->N, H, m->dk, m->cfg.rope_theta, 1);
         m->be->rope(ws->dqkv + hk, m->qkv_dim, c->pos, c->N, H, m->dk, m->cfg.rope_theta, 1);
     }
-    m->be->linear_backward(din, gw->in_w, gw->in_b, ws->dqkv, x, w->in_w, c->N, D, m->qkv_dim, 0);
+    m->be->linear_backward(din, gw->in_w, gw->in_b, ws->dqkv, x, w->in_w, c->N, D, m->qkv_dim, accumulate);
 }
 
 static void cross_attn_backward(const tfm_model *m, tfm_workspace *ws, const stack_ctx *c,
                                 int layer, const tfm_attn_weights *w, const tfm_attn_weights *gw,
-                                const tfm_layer_acts *a, const float *x, float *din) {
+                                const tfm_layer_acts *a, const float *x, float *din, int accumulate) {
     int D = m->cfg.d_model, H = m->cfg.heads, qd = H * m->dk, kvd = H * (m->dk + m->dv);
     m->be->linear_backward(ws->datt, gw->out_w, gw->out_b, ws->proj, a->catt, w->out_w, c->N, H * m->dv, D, 0);
     tfm_attn_dims d = cross_dims(m, c, layer);
     float *dq = ws->dqkv; /* [N, H*dk] */
-    m->be->attention_backward(dq, ws->dckv, ws->dckv + qd, ws->dprobs, ws->datt, a->cprobs, a->cq,
-                           a->ckv, a->ckv + qd, &d);
-    m->be->linear_backward(din, gw->in_w, gw->in_b, dq, x, w->in_w, c->N, D, qd, 0);
+    if (ws->attn_tiled)
+        m->be->attention_tiled_backward(dq, ws->dckv, ws->dckv + qd, ws->dprobs, ws->attn_scratch_len, ws->datt,
+                                        a->catt, a->clse, a->cq, a->ckv, a->ckv + qd, &d);
+    else
+        m->be->attention_backward(dq, ws->dckv, ws->dckv + qd, ws->dprobs, ws->datt, a->cprobs, a->cq, a->ckv,
+                                  a->ckv + qd, &d);
+    m->be->linear_backward(din, gw->in_w, gw->in_b, dq, x, w->in_w, c->N, D, qd, accumulate);
     /* Keys and values read the encoder output: its gradient accumulates over
      * every decoder layer. */
     m->be->linear_backward(ws->dmem, gw->in_w + (size_t)qd * D, gw->in_b + qd, ws->dckv, c->memory,
@@ -606,14 +672,13 @@ static void cross_attn_backward(const tfm_model *m, tfm_workspace *ws, const sta
 
 static void ffn_backward(const tfm_model *m, tfm_workspace *ws, const stack_ctx *c, int layer,
                          const tfm_layer_weights *w, const tfm_layer_weights *gw, const tfm_layer_acts *a,
-                         const float *x, float *din) {
+                         const float *x, float *din, int accumulate) {
     int D = m->cfg.d_model, F = m->cfg.d_ff;
     size_t n = (size_t)c->N * F;
     m->be->linear_backward(ws->dffn, gw->ffn_w2, gw->ffn_b2, ws->proj, a->ffn_a, w->ffn_w2, c->N, F, D, 0);
-    m->be->dropout(ws->dffn, ws->dffn, n, drop_p(c, m->cfg.act_dropout), c->seed,
-                stream_id(c, layer, SITE_FFN_ACT));
-    m->be->activation_backward(ws->dffn, ws->dffn, a->ffn_h, n, (tfm_act_kind)m->cfg.activation);
-    m->be->linear_backward(din, gw->ffn_w1, gw->ffn_b1, ws->dffn, x, w->ffn_w1, c->N, D, F, 0);
+    m->be->activation_dropout_backward(ws->dffn, ws->dffn, a->ffn_h, n, (tfm_act_kind)m->cfg.activation,
+                                       drop_p(c, m->cfg.act_dropout), c->seed, stream_id(c, layer, SITE_FFN_ACT));
+    m->be->linear_backward(din, gw->ffn_w1, gw->ffn_b1, ws->dffn, x, w->ffn_w1, c->N, D, F, accumulate);
 }
 
 /* Backward of one block: g is the gradient of the block output, x the block
@@ -629,27 +694,29 @@ static void block_backward(const tfm_model *m, tfm_workspace *ws, const stack_ct
     const tfm_norm_weights *gnw = kind == BLOCK_SELF ? &gw->norm_self : kind == BLOCK_CROSS ? &gw->norm_cross : &gw->norm_ffn;
     int site = kind == BLOCK_SELF ? SITE_SELF_RES : kind == BLOCK_CROSS ? SITE_CROSS_RES : SITE_FFN_RES;
 
-    /* The gradient of the residual sum: post-LN runs it back through the norm. */
-    const float *gres = g;
-    if (!pre) {
-        m->be->layernorm_backward(ws->gtmp, gnw->w, gnw->b, g, blk->res, blk->mean, blk->rstd, nw->w, c->N, D, 0);
-        gres = ws->gtmp;
-    }
-    m->be->dropout(ws->proj, gres, nd, drop_p(c, m->cfg.dropout), c->seed, stream_id(c, layer, site));
+    /* The gradient of the residual sum (gres) and of the branch output
+     * (ws->proj = dropout(gres)). Post-LN runs g back through the norm, one
+     * pass writing gres straight into dx (the residual path's share of the
+     * gradient of x); pre-LN's gres is g itself. */
+    float p = drop_p(c, m->cfg.dropout);
+    if (pre)
+        m->be->dropout(ws->proj, g, nd, p, c->seed, stream_id(c, layer, site));
+    else
+        m->be->layernorm_backward_dropout(dx, ws->proj, gnw->w, gnw->b, g, blk->res, blk->mean, blk->rstd, nw->w,
+                                          c->N, D, p, c->seed, stream_id(c, layer, site));
 
-    /* The branch reads x (post) or LN(x) (pre); its input gradient goes to dx
-     * (post) or to gtmp, to be run back through the norm (pre). */
+    /* The branch reads x (post) or LN(x) (pre); its input gradient adds to
+     * dx (post) or goes to gtmp, to be run back through the norm (pre). */
     const float *in = pre ? blk->ln : x;
     float *din = pre ? ws->gtmp : dx;
-    if (kind == BLOCK_SELF) self_attn_backward(m, ws, c, layer, &w->self_attn, &gw->self_attn, a, in, din);
-    else if (kind == BLOCK_CROSS) cross_attn_backward(m, ws, c, layer, &w->cross_attn, &gw->cross_attn, a, in, din);
-    else ffn_backward(m, ws, c, layer, w, gw, a, in, din);
+    int acc = !pre;
+    if (kind == BLOCK_SELF) self_attn_backward(m, ws, c, layer, &w->self_attn, &gw->self_attn, a, in, din, acc);
+    else if (kind == BLOCK_CROSS) cross_attn_backward(m, ws, c, layer, &w->cross_attn, &gw->cross_attn, a, in, din, acc);
+    else ffn_backward(m, ws, c, layer, w, gw, a, in, din, acc);
 
     if (pre) {
         m->be->copy(dx, g, nd * sizeof *dx);
         m->be->layernorm_backward(dx, gnw->w, gnw->b, ws->gtmp, x, blk->mean, blk->rstd, nw->w, c->N, D, 1);
-    } else {
-        m->be->add(dx, ws->gtmp, nd);
     }
 }
 
@@ -743,6 +810,7 @@ const float *tfm_workspace_attention(const tfm_model *m, const tfm_workspace *ws
                                      int layer, int *Tq, int *Tk) {
     const tfm_config *cfg = &m->cfg;
     int has_enc = cfg->enc_layers > 0;
+    if (ws->attn_tiled) return NULL; /* no probabilities kept */
     if (kind == TFM_ATTN_ENCODER) {
         if (layer < 0 || layer >= cfg->enc_layers) return NULL;
         *Tq = *Tk = ws->S;

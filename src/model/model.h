@@ -70,11 +70,13 @@ typedef struct tfm_block_acts {
 typedef struct tfm_layer_acts {
     tfm_block_acts self, cross, ffn;
     float *qkv;                /* [N, H*(2dk+dv)] self-attention q|k|v (q, k rotated with rope) */
-    float *probs;              /* [B, H, L, L] self-attention probabilities */
+    float *probs;              /* [B, H, L, L] self-attention probabilities (full attention) */
+    float *lse;                /* [B, H, L] their rows' log-sum-exp (tiled attention) */
     float *att;                /* [N, H*dv] heads concatenated */
     float *cq;                 /* [N, H*dk] cross-attention queries */
     float *ckv;                /* [B*S, H*(dk+dv)] cross-attention keys|values */
-    float *cprobs;             /* [B, H, T, S] */
+    float *cprobs;             /* [B, H, T, S] (full attention) */
+    float *clse;               /* [B, H, T] (tiled attention) */
     float *catt;               /* [N, H*dv] */
     float *ffn_h;              /* [N, F] before the activation */
     float *ffn_a;              /* [N, F] after activation and dropout */
@@ -87,8 +89,23 @@ typedef struct tfm_stack_acts {
     const float *out;          /* [N, D] the stack's output (points into the above) */
 } tfm_stack_acts;
 
+/* How a workspace runs attention. FULL keeps each layer's probabilities
+ * [B, H, Tq, Tk] for the backward (and for tfm_workspace_attention); TILED
+ * keeps only each query row's log-sum-exp and recomputes the probabilities a
+ * tile at a time in the backward, so memory grows linearly with length. AUTO
+ * takes TILED where the backend runs it faster (attention_tiled_preferred)
+ * or where sequences reach TFM_TILED_MIN_LEN tokens, FULL otherwise; the
+ * environment variable TFM_ATTENTION=full|tiled overrides AUTO. */
+typedef enum tfm_attention_mode {
+    TFM_ATTENTION_AUTO = 0,
+    TFM_ATTENTION_FULL = 1,
+    TFM_ATTENTION_TILED = 2,
+} tfm_attention_mode;
+#define TFM_TILED_MIN_LEN 512
+
 typedef struct tfm_workspace {
     int max_B, max_S, max_T;   /* capacity */
+    int attn_tiled;            /* 1: tiled attention (lse, clse), 0: full (probs, cprobs) */
     long max_src_cells;        /* capacity in source rows B*S (<= max_B*max_S) */
     long max_tgt_cells;        /* capacity in target rows B*T (<= max_B*max_T) */
     int B, S, T;               /* shape of the last forward */
@@ -109,7 +126,8 @@ typedef struct tfm_workspace {
     float *g0, *g1, *gtmp;     /* [N, D] gradient ping-pong and temporary */
     float *datt;               /* [N, H*dv] */
     float *dqkv;               /* [N, H*(2dk+dv)] */
-    float *dprobs;             /* [B, H, L, L] attention scratch */
+    float *dprobs;             /* attention scratch: [B, H, L, L] (full) or attn_scratch_len floats (tiled) */
+    size_t attn_scratch_len;
     float *dffn;               /* [N, F] */
     float *dmem;               /* [B*S, D] gradient of the encoder output */
     float *dckv;               /* [B*S, H*(dk+dv)] */
@@ -127,6 +145,10 @@ tfm_status tfm_workspace_init(tfm_workspace *ws, const tfm_model *m, int max_B, 
  * than max_B x max_S x max_T. 0 = no limit beyond max_B x max_S / max_T. */
 tfm_status tfm_workspace_init_cells(tfm_workspace *ws, const tfm_model *m, int max_B, int max_S, int max_T,
                                     long max_src_cells, long max_tgt_cells);
+/* The same, with the attention mode spelled out (init_cells: AUTO).
+ * TILED fails (TFM_ERR_INVALID) on a backend without tiled attention. */
+tfm_status tfm_workspace_init_mode(tfm_workspace *ws, const tfm_model *m, int max_B, int max_S, int max_T,
+                                   long max_src_cells, long max_tgt_cells, tfm_attention_mode mode);
 void tfm_workspace_free(tfm_workspace *ws);
 
 /* Checks a batch against the model and the workspace: shapes, token ids in
@@ -162,7 +184,8 @@ typedef enum tfm_attn_kind {
 /* The attention probabilities of one layer from the last forward,
  * [B, H, Tq, Tk] (before attention dropout), in the backend's memory (read
  * them directly only when model->be->host_memory); *Tq and *Tk receive the lengths.
- * NULL when the model has no such attention or layer is out of range. */
+ * NULL when the model has no such attention or layer is out of range, or
+ * when the workspace runs tiled attention (it keeps no probabilities). */
 const float *tfm_workspace_attention(const tfm_model *m, const tfm_workspace *ws, tfm_attn_kind kind,
                                      int layer, int *Tq, int *Tk);
 

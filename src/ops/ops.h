@@ -35,6 +35,10 @@ typedef struct tfm_attn_dims {
     uint64_t seed, stream;    /* dropout randomness (core/rng.h) */
 } tfm_attn_dims;
 
+/* Elements of scratch the tiled attention ops need for d's sizes (B, H, Tq,
+ * Tk, dk, dv) with up to omp_get_max_threads() threads (attention_tiled.c). */
+size_t tfm_attention_tiled_scratch(const tfm_attn_dims *d);
+
 /* One Adam/AdamW update's scalars, rounded as PyTorch rounds them
  * (src/train/optim.c prepares them; see optim.h for the formulas):
  *   AdamW: w *= decay;  Adam: g += l2 * w

@@ -58,6 +58,32 @@ void OPFN(tfm_dropout)(real *out, const real *in, size_t n, float p, uint64_t se
 void OPFN(tfm_residual_dropout)(real *out, const real *x, const real *y, size_t n, float p,
                                 uint64_t seed, uint64_t stream);
 
+/* Fused element-wise ops (fused.c): one pass where the model ran two, with
+ * the arithmetic of the composition, so the same bits. Dropout element
+ * indices are those of the flattened [N, D] or [n] arrays, as above. */
+/* res[N,D] = x + dropout(y) (tfm_residual_dropout), then ln[N,D] =
+ * LayerNorm(res) with mean[N], rstd[N] saved (tfm_layernorm_forward).
+ * res may alias x; ln aliases nothing. The post-LN block's output. */
+void OPFN(tfm_residual_dropout_layernorm)(real *res, real *ln, real *mean, real *rstd, const real *x,
+                                          const real *y, const real *w, const real *b, int N, int D,
+                                          real eps, float p, uint64_t seed, uint64_t stream);
+/* tfm_layernorm_backward with accumulate 0 (din[N,D] =; dw[D] +=; db[D] +=),
+ * which also writes ddrop[N,D] = tfm_dropout(din) (=): the gradient of the
+ * branch output y of tfm_residual_dropout_layernorm. No output aliases an input. */
+void OPFN(tfm_layernorm_backward_dropout)(real *din, real *ddrop, real *dw, real *db, const real *dout,
+                                          const real *in, const real *mean, const real *rstd,
+                                          const real *w, int N, int D, float p, uint64_t seed,
+                                          uint64_t stream);
+/* out[n] = dropout(act(in))[n] (tfm_activation_forward, then tfm_dropout);
+ * out may alias in. */
+void OPFN(tfm_activation_dropout_forward)(real *out, const real *in, size_t n, tfm_act_kind kind,
+                                          float p, uint64_t seed, uint64_t stream);
+/* din[n] = act'(in[n]) * dropout(dout)[n] (=; tfm_dropout, then
+ * tfm_activation_backward); din may alias dout. */
+void OPFN(tfm_activation_dropout_backward)(real *din, const real *dout, const real *in, size_t n,
+                                           tfm_act_kind kind, float p, uint64_t seed,
+                                           uint64_t stream);
+
 /* probs[B,H,Tq,Tk] = softmax(Q K^T * scale + masks) (saved before dropout);
  * out = dropout(probs) V; scratch[B,H,Tq,Tk] holds the dropped-out probabilities
  * (may be NULL when d->dropout == 0). Masked keys get probability exactly 0; a row with
@@ -68,6 +94,23 @@ void OPFN(tfm_attention_forward)(real *out, real *probs, real *scratch, const re
 void OPFN(tfm_attention_backward)(real *dq, real *dk, real *dv, real *scratch, const real *dout,
                                   const real *probs, const real *q, const real *k, const real *v,
                                   const tfm_attn_dims *d);
+
+/* Tiled (memory-efficient) attention: the function of tfm_attention_forward
+ * without keeping the [Tq, Tk] probabilities. Saves lse[B, H, Tq], each query
+ * row's log-sum-exp of its scaled, unmasked scores (-INFINITY when every key
+ * is masked; that row's output is zero), from which the backward recomputes
+ * the probabilities a tile at a time; memory is linear in Tq and Tk.
+ * scratch holds scratch_len reals, at least tfm_attention_tiled_scratch(d)
+ * (a tile per thread). Dropout keeps the element indices of the [B, H, Tq, Tk]
+ * layout, so both ops drop what tfm_attention_forward drops. */
+void OPFN(tfm_attention_tiled_forward)(real *out, real *lse, real *scratch, size_t scratch_len,
+                                       const real *q, const real *k, const real *v,
+                                       const tfm_attn_dims *d);
+/* dq, dk, dv (=, same strides as q, k, v) from dout and the forward's out and lse. */
+void OPFN(tfm_attention_tiled_backward)(real *dq, real *dk, real *dv, real *scratch,
+                                        size_t scratch_len, const real *dout, const real *out,
+                                        const real *lse, const real *q, const real *k,
+                                        const real *v, const tfm_attn_dims *d);
 
 /* Label-smoothed cross-entropy over logits[N,V], as PyTorch's
  * cross_entropy(label_smoothing=eps, ignore_index=pad): per row

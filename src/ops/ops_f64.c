@@ -6,5 +6,7 @@
 #include "embedding.c"
 #include "layernorm.c"
 #include "activation.c"
+#include "fused.c"
 #include "attention.c"
+#include "attention_tiled.c"
 #include "xent.c"
