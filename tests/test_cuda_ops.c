@@ -1186,6 +1186,60 @@ static void test_xent(float smoothing) {
     free(logits), free(t), free(lse), free(g);
 }
 
+/* logits_backward (backend.h) against the CPU's composition (xent_backward,
+ * then linear_backward), with dlogits aliasing logits as in the model, pad
+ * rows (every 7th), the first and last classes as targets, and din = (NaN
+ * before: never read) or +=; dw always +=. fp32: within TOL. bf16 (BF16 mode;
+ * back to fp32 after): where the bf16 copy pays (`pays`: N large enough, the
+ * gradient written to bf16 straight from the logits), against the CPU on
+ * dlogits, in and w rounded to bf16 within TOL, as test_gemm_bf16; where it
+ * does not (few rows: the composition, FAST_16BF on the fp32 operands),
+ * against the unrounded CPU within 1e-2, as test_gemm_precision. V = 1001:
+ * rows of logits not 16-byte aligned (scalar loads) and the copy's rows
+ * padded to 1008; V = 37000: the model's float4 loads. */
+static void test_logits_backward(int N, int D, int V, int bf16, int pays, int acc) {
+    int pad_id = 1;
+    float smoothing = 0.1f, scale = 0.5f;
+    size_t nv = (size_t)N * V, nd = (size_t)N * D, vd = (size_t)V * D;
+    float *logits = hrand(nv, -4, 4), *in = hrand(nd, -1, 1), *w = hrand(vd, -0.5f, 0.5f);
+    float *din = acc ? hrand(nd, -0.5f, 0.5f) : hnan(nd), *dw = hrand(vd, -0.5f, 0.5f);
+    int32_t *t = hids(N, V);
+    for (int n = 0; n < N; n += 7) t[n] = pad_id;
+    t[3] = 0, t[4] = V - 1;
+    float *lse = hnan(N);
+    long count = 0;
+    (void)C->xent_forward(lse, logits, t, N, V, pad_id, smoothing, &count);
+    float *d_logits = dputf(logits, nv), *d_in = dputf(in, nd), *d_w = dputf(w, vd), *d_lse = dputf(lse, N);
+    float *d_din = dputf(din, nd), *d_dw = dputf(dw, vd);
+    int32_t *d_t = dput(t, (size_t)N * sizeof *t);
+    CHECK(G->set_matmul_precision(bf16 ? TFM_MATMUL_BF16 : TFM_MATMUL_FP32), "precision refused");
+    G->logits_backward(d_din, d_dw, d_logits, d_logits, d_lse, d_t, d_in, d_w, N, D, V, pad_id, smoothing, scale,
+                       acc);
+    double tol = bf16 && !pays ? 1e-2 : TOL;
+    if (bf16 && pays) {
+        float *g = hnan(nv);
+        C->xent_backward(g, logits, lse, t, N, V, pad_id, smoothing, scale);
+        float *rg = hround(g, nv), *rin = hround(in, nd), *rw = hround(w, vd);
+        C->linear_backward(din, dw, NULL, rg, rin, rw, N, D, V, acc);
+        free(g), free(rg), free(rin), free(rw);
+    } else {
+        C->logits_backward(din, dw, logits, logits, lse, t, in, w, N, D, V, pad_id, smoothing, scale, acc);
+    }
+    char name[96];
+    const char *mode = bf16 ? (pays ? "bf16 direct" : "bf16 few rows") : "fp32";
+    float *got = dget(d_din, nd);
+    snprintf(name, sizeof name, "logits_backward %dx%d V=%d acc=%d %s din", N, D, V, acc, mode);
+    (void)tfm_test_close(name, got, din, nd, tol);
+    free(got);
+    got = dget(d_dw, vd);
+    snprintf(name, sizeof name, "logits_backward %dx%d V=%d acc=%d %s dw", N, D, V, acc, mode);
+    (void)tfm_test_close(name, got, dw, vd, tol);
+    free(got);
+    CHECK(G->set_matmul_precision(TFM_MATMUL_FP32), "fp32 mode refused");
+    G->free(d_logits), G->free(d_in), G->free(d_w), G->free(d_lse), G->free(d_din), G->free(d_dw), G->free(d_t);
+    free(logits), free(in), free(w), free(din), free(dw), free(t), free(lse);
+}
+
 static void test_log_softmax(void) {
     int N = 29, V = 2053;
     size_t nv = (size_t)N * V;
@@ -1411,6 +1465,13 @@ int main(void) {
     }
     test_xent(0.0f);
     test_xent(0.1f);
+    for (int acc = 0; acc < 2; acc++) {
+        test_logits_backward(37, 72, 1001, 0, 0, acc);
+        test_logits_backward(37, 72, 1001, 1, 0, acc);
+        test_logits_backward(299, 520, 1001, 1, 1, acc); /* 2 x 2 x 299 x 520 x 1001 flops: the bf16 copy pays */
+    }
+    test_logits_backward(23, 40, 37000, 0, 0, 1);
+    test_logits_backward(301, 256, 37000, 1, 1, 1);
     test_log_softmax();
     if (atoi(tfm_test_env("TFM_CUDA_OPS_TIME", "0"))) time_ops();
     return tfm_test_finish();

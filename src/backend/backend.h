@@ -130,6 +130,19 @@ typedef struct tfm_backend {
                            float smoothing, long *count);
     void (*xent_backward)(float *dlogits, const float *logits, const float *lse, const int32_t *targets, int N,
                           int V, int pad_id, float smoothing, float scale);
+    /* The logits' backward, the end of a training step's: the composition
+     *   xent_backward(dlogits, logits, lse, targets, N, V, pad_id, smoothing, scale);
+     *   linear_backward(din, dw, NULL, dlogits, in, w, N, D, V, accumulate);
+     * i.e. dlogits[N,V] = scale * (softmax - smoothed one-hot), zero on pad
+     * rows (dlogits may alias logits), then din[N,D] (= or += when
+     * accumulate) dlogits w[V,D] and dw[V,D] += dlogits^T in[N,D]; din may
+     * be NULL. On return dlogits' contents are unspecified: a backend may
+     * never write it (CUDA in BF16 mode writes a bf16 copy of the gradient
+     * instead and multiplies that), or write it (the CPU: the composition
+     * itself). Its buffer is still needed, as scratch. */
+    void (*logits_backward)(float *din, float *dw, float *dlogits, const float *logits, const float *lse,
+                            const int32_t *targets, const float *in, const float *w, int N, int D, int V,
+                            int pad_id, float smoothing, float scale, int accumulate);
     void (*log_softmax)(float *out, const float *logits, int N, int V);
 } tfm_backend;
 

@@ -17,6 +17,13 @@ static void cpu_zero(void *dst, size_t bytes) {
     if (bytes) memset(dst, 0, bytes);
 }
 static void cpu_sync(void) {}
+/* logits_backward (backend.h): exactly the composition it is defined as. */
+static void cpu_logits_backward(float *din, float *dw, float *dlogits, const float *logits, const float *lse,
+                                const int32_t *targets, const float *in, const float *w, int N, int D, int V,
+                                int pad_id, float smoothing, float scale, int accumulate) {
+    tfm_xent_backward(dlogits, logits, lse, targets, N, V, pad_id, smoothing, scale);
+    tfm_linear_backward(din, dw, NULL, dlogits, in, w, N, D, V, accumulate);
+}
 static int cpu_set_matmul_precision(tfm_matmul_precision p) { return p == TFM_MATMUL_FP32; }
 static void cpu_copy_rows(float *dst, long dst_row, const float *src, long src_row, size_t width, int rows) {
     for (int r = 0; r < rows; r++) memmove(dst + r * dst_row, src + r * src_row, width * sizeof *dst);
@@ -114,6 +121,7 @@ static const tfm_backend cpu_backend = {
     .attention_tiled_backward = tfm_attention_tiled_backward,
     .xent_forward = tfm_xent_forward,
     .xent_backward = tfm_xent_backward,
+    .logits_backward = cpu_logits_backward,
     .log_softmax = tfm_log_softmax,
 };
 

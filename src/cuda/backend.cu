@@ -482,6 +482,7 @@ static void fill_table(tfm_backend *t) {
     t->attention_tiled_backward = tfm_cuda_attention_tiled_backward;
     t->xent_forward = tfm_cuda_xent_forward;
     t->xent_backward = tfm_cuda_xent_backward;
+    t->logits_backward = tfm_cuda_logits_backward;
     t->log_softmax = tfm_cuda_log_softmax;
 }
 

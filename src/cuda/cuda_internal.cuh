@@ -26,6 +26,7 @@
 
 /* System and CUDA headers first: ops/real.h defines `real` as a macro. */
 #include <cublasLt.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stddef.h>
@@ -190,6 +191,13 @@ void tfm_cuda_linear_forward(float *out, const float *in, const float *w, const 
                              int n_out);
 void tfm_cuda_linear_backward(float *din, float *dw, float *db, const float *dout, const float *in,
                               const float *w, int N, int n_in, int n_out, int accumulate);
+/* logits_backward (backend.h): in BF16 mode, where the bf16 copy pays, the
+ * gradient goes straight to bf16 (tfm_cuda_xent_backward_bf16) and dlogits is
+ * left unwritten; otherwise tfm_cuda_xent_backward then
+ * tfm_cuda_linear_backward. */
+void tfm_cuda_logits_backward(float *din, float *dw, float *dlogits, const float *logits, const float *lse,
+                              const int32_t *targets, const float *in, const float *w, int N, int D, int V,
+                              int pad_id, float smoothing, float scale, int accumulate);
 /* embedding.cu */
 void tfm_cuda_embedding_forward(float *out, const int32_t *ids, const float *table, int N, int D, float scale);
 void tfm_cuda_embedding_backward(float *dtable, const float *dout, const int32_t *ids, int N, int D, float scale);
@@ -250,6 +258,9 @@ double tfm_cuda_xent_forward(float *lse, const float *logits, const int32_t *tar
                              float smoothing, long *count);
 void tfm_cuda_xent_backward(float *dlogits, const float *logits, const float *lse, const int32_t *targets,
                             int N, int V, int pad_id, float smoothing, float scale);
+/* gemm.cu's bf16 copy of dlogits, made from the logits directly (see xent.cu). */
+void tfm_cuda_xent_backward_bf16(__nv_bfloat16 *dst, int ld, const float *logits, const float *lse,
+                                 const int32_t *targets, int N, int V, int pad_id, float smoothing, float scale);
 void tfm_cuda_log_softmax(float *out, const float *logits, int N, int V);
 
 #endif

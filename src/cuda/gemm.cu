@@ -429,13 +429,10 @@ __global__ void to_bf16_kernel(__nv_bfloat16 *dst, const float *src, int rows, i
     }
 }
 
-/* Queues the bf16 copy of src [rows, cols] (row stride lds, device) into buf,
- * growing buf first if need be (which waits for the queued work: a product
- * may still read the old copy), and describes the copy in *op. Returns 0,
- * having queued nothing, when the device has no memory for it. */
-static int to_bf16(bf16_buffer *buf, const float *src, int rows, int cols, int lds, lt_operand *op) {
-    int ldd = bf16_ld(cols);
-    size_t bytes = (size_t)rows * ldd * sizeof(__nv_bfloat16);
+/* Grows buf to hold `bytes` if need be (which waits for the queued work: a
+ * product may still read the old contents). Returns 0 when the device has no
+ * memory for it (buf is then empty). */
+static int bf16_reserve(bf16_buffer *buf, size_t bytes) {
     if (bytes > buf->bytes) {
         const size_t unit = (size_t)2 << 20;          /* whole 2 MiB: no growth by a few rows */
         size_t grow = (bytes + unit - 1) / unit * unit; /* exact, not doubled: the generator's dlogits copy is ~2 GB */
@@ -453,6 +450,15 @@ static int to_bf16(bf16_buffer *buf, const float *src, int rows, int cols, int l
         TFM_CUDA_CHECK(e);
         buf->bytes = grow;
     }
+    return 1;
+}
+
+/* Queues the bf16 copy of src [rows, cols] (row stride lds, device) into buf,
+ * growing buf first if need be (bf16_reserve), and describes the copy in
+ * *op. Returns 0, having queued nothing, when the device has no memory for it. */
+static int to_bf16(bf16_buffer *buf, const float *src, int rows, int cols, int lds, lt_operand *op) {
+    int ldd = bf16_ld(cols);
+    if (!bf16_reserve(buf, (size_t)rows * ldd * sizeof(__nv_bfloat16))) return 0;
     int vec = (uintptr_t)src % 16 == 0 && lds % 4 == 0;
     size_t chunks = (size_t)rows * (size_t)(ldd / 8);
     to_bf16_kernel<<<tfm_cuda_blocks(chunks, TFM_CUDA_THREADS), TFM_CUDA_THREADS, 0, tfm_cuda_stream()>>>(
@@ -637,4 +643,41 @@ void tfm_cuda_linear_backward(float *din, float *dw, float *db, const float *dou
         gemm_bias(0, 0, N, n_in, n_out, 1.0f, dout, n_out, w, n_in, accumulate ? 1.0f : 0.0f, din, n_in, NULL, a16);
     if (dw) gemm_bias(1, 0, n_out, n_in, N, 1.0f, dout, n_out, in, n_in, 1.0f, dw, n_in, NULL, a16);
     if (db) colsum_add(db, dout, N, n_out);
+}
+
+/* See backend.h (logits_backward) and cuda_internal.cuh. In BF16 mode, where
+ * the bf16 copy of dlogits pays (judged as linear_backward judges it), the
+ * gradient is written as that copy straight from the logits (xent.cu): the
+ * fp32 dlogits of a training step (3.8 GB written, then read again by the
+ * conversion) is never made, and dlogits is not written. If a product then
+ * cannot run on the copy (cuBLASLt refuses it), the fp32 dlogits is made
+ * after all and that product runs on it. Otherwise, and in the fp32 and tf32
+ * modes: the composition. */
+void tfm_cuda_logits_backward(float *din, float *dw, float *dlogits, const float *logits, const float *lse,
+                              const int32_t *targets, const float *in, const float *w, int N, int D, int V,
+                              int pad_id, float smoothing, float scale, int accumulate) {
+    int direct = 0;
+    lt_operand d16 = {CUDA_R_16BF, NULL, bf16_ld(V), 16};
+    if (g_bf16 && N > 0 && D > 0 && V > 0 && (din || dw)) {
+        double flops = 2.0 * N * D * V * ((din ? 1 : 0) + (dw ? 1 : 0));
+        double elements = (double)N * V + (din ? (double)V * D : 0) + (dw ? (double)N * D : 0);
+        direct = bf16_pays(flops, elements) &&
+                 bf16_reserve(&g_bf16_a, (size_t)N * d16.ld * sizeof(__nv_bfloat16));
+    }
+    if (!direct) {
+        tfm_cuda_xent_backward(dlogits, logits, lse, targets, N, V, pad_id, smoothing, scale);
+        tfm_cuda_linear_backward(din, dw, NULL, dlogits, in, w, N, D, V, accumulate);
+        return;
+    }
+    d16.p = g_bf16_a.p;
+    tfm_cuda_xent_backward_bf16(g_bf16_a.p, d16.ld, logits, lse, targets, N, V, pad_id, smoothing, scale);
+    /* din[N,D] = dlogits[N,V] w[V,D];  dw[V,D] += dlogits^T in[N,D]. product_bf16 (not gemm_bias, whose
+     * fallback would read the fp32 dlogits) says whether each ran; it grows only g_bf16_b. */
+    float beta = accumulate ? 1.0f : 0.0f;
+    int din_left = din && !product_bf16(0, 0, N, D, V, 1.0f, dlogits, V, w, D, beta, din, D, NULL, &d16);
+    int dw_left = dw && !product_bf16(1, 0, V, D, N, 1.0f, dlogits, V, in, D, 1.0f, dw, D, NULL, &d16);
+    if (!din_left && !dw_left) return;
+    tfm_cuda_xent_backward(dlogits, logits, lse, targets, N, V, pad_id, smoothing, scale);
+    if (din_left) gemm_bias(0, 0, N, D, V, 1.0f, dlogits, V, w, D, beta, din, D, NULL, NULL);
+    if (dw_left) gemm_bias(1, 0, V, D, N, 1.0f, dlogits, V, in, D, 1.0f, dw, D, NULL, NULL);
 }

@@ -190,6 +190,68 @@ void tfm_cuda_xent_backward(float *dlogits, const float *logits, const float *ls
     TFM_CUDA_LAUNCHED();
 }
 
+/* As gemm.cu's: lo and hi rounded to bf16 (to nearest even), lo in the low half. */
+__device__ __forceinline__ unsigned xent_bf16x2(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<unsigned *>(&h);
+}
+
+/* xent_backward_kernel's gradient, rounded to bf16, into dst with row stride
+ * ld = (V + 7) & ~7 (16-byte aligned rows): columns V..ld-1 are 0, as
+ * to_bf16_kernel pads them. One thread per chunk of 8 columns: one 16-byte
+ * store; two float4 loads when the row of logits is 16-byte aligned (V % 4
+ * == 0 on an aligned buffer, the model's 37000), else 8 scalar loads (and at
+ * the end of a row). logits is only read. */
+__global__ void xent_backward_bf16_kernel(__nv_bfloat16 *dst, int ld, const float *logits, const float *lse,
+                                          const int32_t *targets, int N, int V, int pad_id, float smoothing,
+                                          float scale) {
+    int bd = (int)blockDim.x, chunks = ld / 8;
+    for (int n = blockIdx.x; n < N; n += gridDim.x) {
+        const float *x = logits + (long)n * V;
+        uint4 *d = (uint4 *)(dst + (long)n * ld);
+        int t = targets[n];
+        if (t == pad_id) { /* pad rows are 0, unread */
+            for (int c = threadIdx.x; c < chunks; c += bd) d[c] = make_uint4(0, 0, 0, 0);
+            continue;
+        }
+        float uniform = smoothing / V, l = lse[n], hit = scale * (1 - smoothing);
+        int vec = ((uintptr_t)x & 15) == 0;
+        for (int c = threadIdx.x; c < chunks; c += bd) {
+            int v0 = 8 * c;
+            float g[8];
+            if (vec && v0 + 8 <= V) {
+                float4 lo = ((const float4 *)(x + v0))[0], hi = ((const float4 *)(x + v0))[1];
+                g[0] = lo.x, g[1] = lo.y, g[2] = lo.z, g[3] = lo.w;
+                g[4] = hi.x, g[5] = hi.y, g[6] = hi.z, g[7] = hi.w;
+            } else {
+#pragma unroll
+                for (int u = 0; u < 8; u++) g[u] = v0 + u < V ? x[v0 + u] : 0.0f;
+            }
+            /* The CPU's two roundings (as xent_backward_kernel), then bf16's. */
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                int v = v0 + u;
+                float gv = scale * (expf(g[u] - l) - uniform);
+                g[u] = v >= V ? 0.0f : v == t ? gv - hit : gv;
+            }
+            d[c] = make_uint4(xent_bf16x2(g[0], g[1]), xent_bf16x2(g[2], g[3]), xent_bf16x2(g[4], g[5]),
+                              xent_bf16x2(g[6], g[7]));
+        }
+    }
+}
+
+/* dst[N, ld] (bf16, device, 16-byte aligned, ld = (V + 7) & ~7) = the
+ * gradient tfm_cuda_xent_backward writes, rounded to bf16 (to nearest even),
+ * with 0 in columns V..ld-1. logits is not written. Queued. */
+void tfm_cuda_xent_backward_bf16(__nv_bfloat16 *dst, int ld, const float *logits, const float *lse,
+                                 const int32_t *targets, int N, int V, int pad_id, float smoothing, float scale) {
+    if (N <= 0) return;
+    TFM_CUDA_ASSERT(ld == ((V + 7) & ~7) && (uintptr_t)dst % 16 == 0);
+    xent_backward_bf16_kernel<<<row_grid(N), XENT_THREADS, 0, tfm_cuda_stream()>>>(dst, ld, logits, lse, targets,
+                                                                                   N, V, pad_id, smoothing, scale);
+    TFM_CUDA_LAUNCHED();
+}
+
 __global__ void log_softmax_kernel(float *out, const float *logits, int N, int V) {
     __shared__ float shf[32];
     __shared__ double shd[32];

@@ -767,10 +767,8 @@ tfm_status tfm_model_backward(const tfm_model *m, tfm_workspace *ws, const tfm_b
     int N = b->B * (has_dec ? b->T : b->S), D = cfg->d_model;
     const float *top = has_dec ? ws->dec.out : ws->enc.out;
 
-    m->be->xent_backward(ws->logits, ws->logits, ws->lse, ws->targets, N, cfg->tgt_vocab, cfg->pad_id,
-                      cfg->label_smoothing, grad_scale);
-    m->be->linear_backward(ws->g0, grads->generator, NULL, ws->logits, top, m->w.generator, N, D,
-                        cfg->tgt_vocab, 0);
+    m->be->logits_backward(ws->g0, grads->generator, ws->logits, ws->logits, ws->lse, ws->targets, top,
+                           m->w.generator, N, D, cfg->tgt_vocab, cfg->pad_id, cfg->label_smoothing, grad_scale, 0);
     if (has_dec) {
         stack_ctx c = decoder_ctx(m, ws, ws->training, ws->seed);
         if (has_enc) m->be->zero(ws->dmem, (size_t)ws->B * ws->S * D * sizeof *ws->dmem);
