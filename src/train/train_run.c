@@ -250,6 +250,22 @@ static tfm_status setup_model(run_state *rs, long *start_step) {
         const char *i = st == TFM_OK ? tfm_train_state_get(&info, "index") : NULL;
         if (st == TFM_OK && (!e || !i))
             st = tfm_error(TFM_ERR_FORMAT, "%s: no data position (epoch, index)", state_path);
+        if (st == TFM_OK && rs->tr.step > *start_step) {
+            /* A save publishes train_state.safetensors before model.safetensors
+             * (checkpoint.c), both linked from checkpoint_STEP files written
+             * whole beforehand: a kill between the two renames leaves the state
+             * one save ahead. Its weights are in checkpoint_STEP.safetensors. */
+            char ckpt[4200];
+            long ckpt_step = -1;
+            snprintf(ckpt, sizeof ckpt, "%s/checkpoint_%ld.safetensors", o->model_dir, rs->tr.step);
+            tfm_config ccfg;
+            if (tfm_checkpoint_read_config(ckpt, &ccfg, &ckpt_step) == TFM_OK && ckpt_step == rs->tr.step &&
+                tfm_checkpoint_load_into(&rs->model, ckpt) == TFM_OK) {
+                fprintf(o->log, "resume: %s is at step %ld, %s at step %ld (a save was interrupted): weights "
+                        "from %s\n", model_path, *start_step, state_path, rs->tr.step, ckpt);
+                *start_step = rs->tr.step;
+            }
+        }
         if (st == TFM_OK && rs->tr.step != *start_step)
             st = tfm_error(TFM_ERR_FORMAT, "%s is at step %ld but %s at step %ld", state_path, rs->tr.step,
                            model_path, *start_step);
