@@ -129,6 +129,44 @@ __device__ __forceinline__ float tfm_block_max(float v, float *sh) {
     return tfm_warp_max(t);
 }
 
+/* ------------------------------------------------------ element-wise map */
+
+/* out[i] = f(i, a[i], b[i]) for i < n; b is not read when NIN == 1 (f then
+ * gets 0). vec: every pointer is 16-byte aligned, so the first 4*(n/4)
+ * elements go as float4; the n % 4 left over, or all of them when !vec, go one
+ * at a time. */
+template <int NIN, class F>
+__global__ void tfm_cuda_map_kernel(float *out, const float *a, const float *b, size_t n, int vec, F f) {
+    size_t tid = blockIdx.x * (size_t)blockDim.x + threadIdx.x, stride = (size_t)gridDim.x * blockDim.x;
+    size_t done = 0;
+    if (vec) {
+        size_t n4 = n / 4;
+        for (size_t j = tid; j < n4; j += stride) {
+            float4 x = ((const float4 *)a)[j], y = NIN == 2 ? ((const float4 *)b)[j] : make_float4(0, 0, 0, 0);
+            size_t i = 4 * j; /* each lane with its own element index (the dropout draws) */
+            float4 r;
+            r.x = f(i, x.x, y.x);
+            r.y = f(i + 1, x.y, y.y);
+            r.z = f(i + 2, x.z, y.z);
+            r.w = f(i + 3, x.w, y.w);
+            ((float4 *)out)[j] = r;
+        }
+        done = 4 * n4;
+    }
+    for (size_t i = done + tid; i < n; i += stride) out[i] = f(i, a[i], NIN == 2 ? b[i] : 0.0f);
+}
+
+static inline int tfm_cuda_aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+/* Launches tfm_cuda_map_kernel over n elements (n > 0) on the backend's stream. */
+template <int NIN, class F>
+static void tfm_cuda_map(float *out, const float *a, const float *b, size_t n, F f) {
+    int vec = tfm_cuda_aligned16(out) && tfm_cuda_aligned16(a) && (NIN == 1 || tfm_cuda_aligned16(b));
+    unsigned blocks = tfm_cuda_blocks(vec ? (n + 3) / 4 : n, TFM_CUDA_THREADS);
+    tfm_cuda_map_kernel<NIN><<<blocks, TFM_CUDA_THREADS, 0, tfm_cuda_stream()>>>(out, a, b, n, vec, f);
+    TFM_CUDA_LAUNCHED();
+}
+
 /* ------------------------------------------------------------------- RNG */
 
 /* core/rng.h on the device, with the same 64-bit arithmetic (wrapping

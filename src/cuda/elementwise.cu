@@ -4,7 +4,8 @@
  *
  *   in, out, din, dout, x, y [n]   (any shape, flattened)
  *
- * Every op is one element-wise function f(i, a[i], b[i]) run by map_kernel,
+ * Every op is one element-wise function f(i, a[i], b[i]) run by tfm_cuda_map_kernel
+ * (cuda_internal.cuh),
  * which moves four elements per load and store (float4) when all the
  * pointers are 16-byte aligned, the rest (n % 4, or everything when a pointer
  * is not aligned) one at a time through the same f, so the result does not
@@ -20,42 +21,6 @@
  * as the contracts allow.
  */
 #include "cuda/cuda_internal.cuh"
-
-/* out[i] = f(i, a[i], b[i]) for i < n; b is not read when NIN == 1 (f then
- * gets 0). vec: every pointer is 16-byte aligned, so the first 4*(n/4)
- * elements go as float4; the n % 4 left over, or all of them when !vec, go one
- * at a time. */
-template <int NIN, class F>
-__global__ void map_kernel(float *out, const float *a, const float *b, size_t n, int vec, F f) {
-    size_t tid = blockIdx.x * (size_t)blockDim.x + threadIdx.x, stride = (size_t)gridDim.x * blockDim.x;
-    size_t done = 0;
-    if (vec) {
-        size_t n4 = n / 4;
-        for (size_t j = tid; j < n4; j += stride) {
-            float4 x = ((const float4 *)a)[j], y = NIN == 2 ? ((const float4 *)b)[j] : make_float4(0, 0, 0, 0);
-            size_t i = 4 * j; /* each lane with its own element index (the dropout draws) */
-            float4 r;
-            r.x = f(i, x.x, y.x);
-            r.y = f(i + 1, x.y, y.y);
-            r.z = f(i + 2, x.z, y.z);
-            r.w = f(i + 3, x.w, y.w);
-            ((float4 *)out)[j] = r;
-        }
-        done = 4 * n4;
-    }
-    for (size_t i = done + tid; i < n; i += stride) out[i] = f(i, a[i], NIN == 2 ? b[i] : 0.0f);
-}
-
-static int aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
-
-/* Launches map_kernel over n elements (n > 0) on the backend's stream. */
-template <int NIN, class F>
-static void run_map(float *out, const float *a, const float *b, size_t n, F f) {
-    int vec = aligned16(out) && aligned16(a) && (NIN == 1 || aligned16(b));
-    unsigned blocks = tfm_cuda_blocks(vec ? (n + 3) / 4 : n, TFM_CUDA_THREADS);
-    map_kernel<NIN><<<blocks, TFM_CUDA_THREADS, 0, tfm_cuda_stream()>>>(out, a, b, n, vec, f);
-    TFM_CUDA_LAUNCHED();
-}
 
 /* ----------------------------------------------------------- activations */
 
@@ -82,15 +47,15 @@ struct gelu_bwd {
 /* out[n] = act(in[n]) (ReLU or GELU, erf form). Device pointers. */
 void tfm_cuda_activation_forward(float *out, const float *in, size_t n, tfm_act_kind kind) {
     if (n == 0) return;
-    if (kind == TFM_OP_RELU) run_map<1>(out, in, NULL, n, relu_fwd());
-    else run_map<1>(out, in, NULL, n, gelu_fwd());
+    if (kind == TFM_OP_RELU) tfm_cuda_map<1>(out, in, NULL, n, relu_fwd());
+    else tfm_cuda_map<1>(out, in, NULL, n, gelu_fwd());
 }
 
 /* din[n] = dout[n] * act'(in[n])   (=; din may alias dout). Device pointers. */
 void tfm_cuda_activation_backward(float *din, const float *dout, const float *in, size_t n, tfm_act_kind kind) {
     if (n == 0) return;
-    if (kind == TFM_OP_RELU) run_map<2>(din, dout, in, n, relu_bwd());
-    else run_map<2>(din, dout, in, n, gelu_bwd());
+    if (kind == TFM_OP_RELU) tfm_cuda_map<2>(din, dout, in, n, relu_bwd());
+    else tfm_cuda_map<2>(din, dout, in, n, gelu_bwd());
 }
 
 /* --------------------------------------------------------------- dropout */
@@ -129,7 +94,7 @@ void tfm_cuda_dropout(float *out, const float *in, size_t n, float p, uint64_t s
     op.key = tfm_cuda_rng_key(seed, stream);
     op.p = p;
     op.scale = (float)(1.0 / (1.0 - p)); /* as the CPU rounds it */
-    run_map<1>(out, in, NULL, n, op);
+    tfm_cuda_map<1>(out, in, NULL, n, op);
 }
 
 /* out[n] = x[n] + dropout(y)[n]; out may alias x. Device pointers. */
@@ -137,12 +102,12 @@ void tfm_cuda_residual_dropout(float *out, const float *x, const float *y, size_
                                uint64_t stream) {
     if (n == 0) return;
     if (p <= 0) {
-        run_map<2>(out, x, y, n, add_op());
+        tfm_cuda_map<2>(out, x, y, n, add_op());
         return;
     }
     residual_dropout_op op;
     op.key = tfm_cuda_rng_key(seed, stream);
     op.p = p;
     op.scale = (float)(1.0 / (1.0 - p));
-    run_map<2>(out, x, y, n, op);
+    tfm_cuda_map<2>(out, x, y, n, op);
 }

@@ -44,7 +44,6 @@ static fu_drop make_drop(float p, uint64_t seed, uint64_t stream) {
     return d;
 }
 
-static bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
 /* ------------------------------------- residual + dropout + LayerNorm */
 
@@ -178,8 +177,8 @@ void tfm_cuda_residual_dropout_layernorm(float *res, float *ln, float *mean, flo
                                          float p, uint64_t seed, uint64_t stream) {
     if (N <= 0 || D <= 0) return;
     fu_drop drop = make_drop(p, seed, stream);
-    bool vec4 = D % 4 == 0 && aligned16(res) && aligned16(ln) && aligned16(x) && aligned16(y) && aligned16(w) &&
-                aligned16(b);
+    bool vec4 = D % 4 == 0 && tfm_cuda_aligned16(res) && tfm_cuda_aligned16(ln) && tfm_cuda_aligned16(x) &&
+                tfm_cuda_aligned16(y) && tfm_cuda_aligned16(w) && tfm_cuda_aligned16(b);
     if (D <= 128)
         residual_dropout_layernorm_regs<4>(vec4, res, ln, mean, rstd, x, y, w, b, N, D, eps, drop);
     else if (D <= 256)
@@ -236,38 +235,6 @@ void tfm_cuda_layernorm_backward_dropout(float *din, float *ddrop, float *dw, fl
 
 /* ---------------------------------------------- activation + dropout */
 
-/* out[i] = f(i, a[i], b[i]) for i < n (b unread when NIN == 1), four elements
- * per load and store when every pointer is 16-byte aligned: elementwise.cu's
- * map kernel (static there). */
-template <int NIN, class F>
-__global__ void fu_map_kernel(float *out, const float *a, const float *b, size_t n, int vec, F f) {
-    size_t tid = blockIdx.x * (size_t)blockDim.x + threadIdx.x, stride = (size_t)gridDim.x * blockDim.x;
-    size_t done = 0;
-    if (vec) {
-        size_t n4 = n / 4;
-        for (size_t j = tid; j < n4; j += stride) {
-            float4 x = ((const float4 *)a)[j], y = NIN == 2 ? ((const float4 *)b)[j] : make_float4(0, 0, 0, 0);
-            size_t i = 4 * j;
-            float4 r;
-            r.x = f(i, x.x, y.x);
-            r.y = f(i + 1, x.y, y.y);
-            r.z = f(i + 2, x.z, y.z);
-            r.w = f(i + 3, x.w, y.w);
-            ((float4 *)out)[j] = r;
-        }
-        done = 4 * n4;
-    }
-    for (size_t i = done + tid; i < n; i += stride) out[i] = f(i, a[i], NIN == 2 ? b[i] : 0.0f);
-}
-
-template <int NIN, class F>
-static void fu_map(float *out, const float *a, const float *b, size_t n, F f) {
-    int vec = aligned16(out) && aligned16(a) && (NIN == 1 || aligned16(b));
-    unsigned blocks = tfm_cuda_blocks(vec ? (n + 3) / 4 : n, TFM_CUDA_THREADS);
-    fu_map_kernel<NIN><<<blocks, TFM_CUDA_THREADS, 0, tfm_cuda_stream()>>>(out, a, b, n, vec, f);
-    TFM_CUDA_LAUNCHED();
-}
-
 /* The activations as elementwise.cu computes them. */
 __device__ __forceinline__ float fu_gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752440f)); }
 __device__ __forceinline__ float fu_gelu_grad(float dy, float x) {
@@ -307,8 +274,8 @@ void tfm_cuda_activation_dropout_forward(float *out, const float *in, size_t n, 
         return;
     }
     fu_drop drop = make_drop(p, seed, stream);
-    if (kind == TFM_OP_RELU) fu_map<1>(out, in, NULL, n, relu_drop_fwd{drop});
-    else fu_map<1>(out, in, NULL, n, gelu_drop_fwd{drop});
+    if (kind == TFM_OP_RELU) tfm_cuda_map<1>(out, in, NULL, n, relu_drop_fwd{drop});
+    else tfm_cuda_map<1>(out, in, NULL, n, gelu_drop_fwd{drop});
 }
 
 /* din[n] = act'(in[n]) * dropout(dout)[n]; din may alias dout. Device pointers. */
@@ -320,6 +287,6 @@ void tfm_cuda_activation_dropout_backward(float *din, const float *dout, const f
         return;
     }
     fu_drop drop = make_drop(p, seed, stream);
-    if (kind == TFM_OP_RELU) fu_map<2>(din, dout, in, n, relu_drop_bwd{drop});
-    else fu_map<2>(din, dout, in, n, gelu_drop_bwd{drop});
+    if (kind == TFM_OP_RELU) tfm_cuda_map<2>(din, dout, in, n, relu_drop_bwd{drop});
+    else tfm_cuda_map<2>(din, dout, in, n, gelu_drop_bwd{drop});
 }

@@ -23,10 +23,6 @@
 
 #include "core/rng.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 /* Below about this much work (elements) a parallel region costs more than it
  * saves (see layernorm.c); a dropout draw costs about 8x an add. Thread count
  * never changes the results. */
@@ -54,8 +50,7 @@ TFM_CLONES void OPFN(tfm_residual_dropout_layernorm)(real *res, real *ln, real *
                                                      const real *b, int N, int D, real eps, float p,
                                                      uint64_t seed, uint64_t stream) {
     real scale = p > 0 ? (real)(1.0 / (1.0 - p)) : 1;
-    size_t par_min = p > 0 ? PAR_MIN / 8 : PAR_MIN;
-#pragma omp parallel for schedule(static) if((size_t)N * D >= par_min)
+#pragma omp parallel for schedule(static) if((size_t)N * D >= (p > 0 ? PAR_MIN / 8 : PAR_MIN))
     for (int n = 0; n < N; n++) {
         size_t base = (size_t)n * D;
         const real *xr = x + base, *yr = y + base;
@@ -77,9 +72,8 @@ TFM_CLONES void OPFN(tfm_layernorm_backward_dropout)(real *din, real *ddrop, rea
                                                      const real *w, int N, int D, float p,
                                                      uint64_t seed, uint64_t stream) {
     real scale = p > 0 ? (real)(1.0 / (1.0 - p)) : 1;
-    size_t par_min = p > 0 ? PAR_MIN / 8 : PAR_MIN;
     /* tfm_layernorm_backward's rows (accumulate 0), each value also dropped out. */
-#pragma omp parallel for schedule(static) if((size_t)N * D >= par_min)
+#pragma omp parallel for schedule(static) if((size_t)N * D >= (p > 0 ? PAR_MIN / 8 : PAR_MIN))
     for (int n = 0; n < N; n++) {
         size_t base = (size_t)n * D;
         const real *x = in + base, *dy = dout + base;
@@ -109,26 +103,8 @@ TFM_CLONES void OPFN(tfm_layernorm_backward_dropout)(real *din, real *ddrop, rea
             }
         }
     }
-    /* The parameter gradients exactly as tfm_layernorm_backward sums them
-     * (layernorm.c keeps its loop static): threads own column blocks and walk
-     * the rows in order, a fixed sum order at any thread count. */
-#pragma omp parallel if((size_t)N * D >= PAR_MIN)
-    {
-#ifdef _OPENMP
-        int nt = omp_get_num_threads(), t = omp_get_thread_num();
-#else
-        int nt = 1, t = 0;
-#endif
-        int lo = (int)((long)D * t / nt), hi = (int)((long)D * (t + 1) / nt);
-        for (int n = 0; n < N; n++) {
-            const real *dy = dout + (size_t)n * D, *x = in + (size_t)n * D;
-            real m = mean[n], s = rstd[n];
-            for (int i = lo; i < hi; i++) {
-                dw[i] += dy[i] * ((x[i] - m) * s);
-                db[i] += dy[i];
-            }
-        }
-    }
+    /* The parameter gradients exactly as tfm_layernorm_backward sums them. */
+    OPFN(tfm_layernorm_dparams)(dw, db, dout, in, mean, rstd, N, D);
 }
 
 TFM_CLONES void OPFN(tfm_activation_dropout_forward)(real *out, const real *in, size_t n,

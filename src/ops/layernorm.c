@@ -62,8 +62,14 @@ TFM_CLONES void OPFN(tfm_layernorm_backward)(real *din, real *dw, real *db, cons
             dx[i] = accumulate ? dx[i] + v : v;
         }
     }
-    /* Parameter gradients: threads own column blocks and walk the rows in
-     * order (contiguous reads, a fixed sum order at any thread count). */
+    OPFN(tfm_layernorm_dparams)(dw, db, dout, in, mean, rstd, N, D);
+}
+
+/* dw[D] += sum_n dout[n] * xhat[n];  db[D] += sum_n dout[n]. Threads own
+ * column blocks and walk the rows in order (contiguous reads, a fixed sum
+ * order at any thread count). Shared with the fused LayerNorm backward. */
+TFM_CLONES void OPFN(tfm_layernorm_dparams)(real *dw, real *db, const real *dout, const real *in, const real *mean,
+                                            const real *rstd, int N, int D) {
 #pragma omp parallel if((size_t)N * D >= PAR_MIN)
     {
 #ifdef _OPENMP

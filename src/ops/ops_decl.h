@@ -42,6 +42,11 @@ void OPFN(tfm_layernorm_backward)(real *din, real *dw, real *db, const real *dou
                                   const real *mean, const real *rstd, const real *w, int N, int D,
                                   int accumulate);
 
+/* dw[D] += sum_n dout[n] * (in[n] - mean[n]) * rstd[n];  db[D] += sum_n dout[n]
+ * (the parameter part of tfm_layernorm_backward, in its fixed sum order) */
+void OPFN(tfm_layernorm_dparams)(real *dw, real *db, const real *dout, const real *in, const real *mean,
+                                 const real *rstd, int N, int D);
+
 /* out[n] = act(in[n]); out may alias in only for ReLU */
 void OPFN(tfm_activation_forward)(real *out, const real *in, size_t n, tfm_act_kind kind);
 /* din[n] = dout[n] * act'(in[n])   (=; din may alias dout) */
