@@ -30,21 +30,6 @@
 #define PAR_MIN 16384
 #endif
 
-/* One row of tfm_layernorm_forward: y[D] = LayerNorm(x[D]), its mean and rstd. */
-static inline void OPFN(fused_layernorm_row)(real *y, real *mean, real *rstd, const real *x,
-                                             const real *w, const real *b, int D, real eps) {
-    double m = 0;
-    for (int i = 0; i < D; i++) m += x[i];
-    m /= D;
-    double var = 0;
-    for (int i = 0; i < D; i++) var += (x[i] - m) * (x[i] - m);
-    var /= D;
-    real s = (real)(1.0 / sqrt(var + eps));
-    for (int i = 0; i < D; i++) y[i] = (real)((x[i] - m) * s) * w[i] + b[i];
-    *mean = (real)m;
-    *rstd = s;
-}
-
 TFM_CLONES void OPFN(tfm_residual_dropout_layernorm)(real *res, real *ln, real *mean, real *rstd,
                                                      const real *x, const real *y, const real *w,
                                                      const real *b, int N, int D, real eps, float p,
@@ -62,7 +47,7 @@ TFM_CLONES void OPFN(tfm_residual_dropout_layernorm)(real *res, real *ln, real *
         } else {
             for (int i = 0; i < D; i++) r[i] = xr[i] + yr[i];
         }
-        OPFN(fused_layernorm_row)(ln + base, mean + n, rstd + n, r, w, b, D, eps);
+        OPFN(tfm_layernorm_row)(ln + base, mean + n, rstd + n, r, w, b, D, eps);
     }
 }
 
@@ -77,14 +62,8 @@ TFM_CLONES void OPFN(tfm_layernorm_backward_dropout)(real *din, real *ddrop, rea
     for (int n = 0; n < N; n++) {
         size_t base = (size_t)n * D;
         const real *x = in + base, *dy = dout + base;
-        real m = mean[n], s = rstd[n];
-        double sum_g = 0, sum_gx = 0;
-        for (int i = 0; i < D; i++) {
-            double g = (double)dy[i] * w[i];
-            sum_g += g;
-            sum_gx += g * ((x[i] - m) * s);
-        }
-        real mg = (real)(sum_g / D), mgx = (real)(sum_gx / D);
+        real m = mean[n], s = rstd[n], mg, mgx;
+        OPFN(tfm_layernorm_din_means)(&mg, &mgx, dy, x, w, m, s, D);
         real *dx = din + base, *dd = ddrop + base;
         if (p > 0) {
 #pragma omp simd

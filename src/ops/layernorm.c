@@ -21,23 +21,40 @@
 #define PAR_MIN 16384
 #endif
 
+/* One row: y[D] = (x - mean) * rstd * w + b, and the row's mean and rstd. */
+TFM_CLONES void OPFN(tfm_layernorm_row)(real *y, real *mean, real *rstd, const real *x, const real *w,
+                                        const real *b, int D, real eps) {
+    double m = 0;
+    for (int i = 0; i < D; i++) m += x[i];
+    m /= D;
+    double var = 0;
+    for (int i = 0; i < D; i++) var += (x[i] - m) * (x[i] - m);
+    var /= D;
+    real s = (real)(1.0 / sqrt(var + eps));
+    for (int i = 0; i < D; i++) y[i] = (real)((x[i] - m) * s) * w[i] + b[i];
+    *mean = (real)m;
+    *rstd = s;
+}
+
 TFM_CLONES void OPFN(tfm_layernorm_forward)(real *out, real *mean, real *rstd, const real *in, const real *w,
                                  const real *b, int N, int D, real eps) {
 #pragma omp parallel for schedule(static) if((size_t)N * D >= PAR_MIN)
-    for (int n = 0; n < N; n++) {
-        const real *x = in + (size_t)n * D;
-        double m = 0;
-        for (int i = 0; i < D; i++) m += x[i];
-        m /= D;
-        double var = 0;
-        for (int i = 0; i < D; i++) var += (x[i] - m) * (x[i] - m);
-        var /= D;
-        real s = (real)(1.0 / sqrt(var + eps));
-        real *y = out + (size_t)n * D;
-        for (int i = 0; i < D; i++) y[i] = (real)((x[i] - m) * s) * w[i] + b[i];
-        mean[n] = (real)m;
-        rstd[n] = s;
+    for (int n = 0; n < N; n++)
+        OPFN(tfm_layernorm_row)(out + (size_t)n * D, mean + n, rstd + n, in + (size_t)n * D, w, b, D, eps);
+}
+
+/* The row means the input gradient needs, with g = dy * w and xhat = (x - m) * s:
+ * *mg = mean(g), *mgx = mean(g * xhat), summed in double. */
+void OPFN(tfm_layernorm_din_means)(real *mg, real *mgx, const real *dy, const real *x, const real *w, real m,
+                                   real s, int D) {
+    double sum_g = 0, sum_gx = 0;
+    for (int i = 0; i < D; i++) {
+        double g = (double)dy[i] * w[i];
+        sum_g += g;
+        sum_gx += g * ((x[i] - m) * s);
     }
+    *mg = (real)(sum_g / D);
+    *mgx = (real)(sum_gx / D);
 }
 
 TFM_CLONES void OPFN(tfm_layernorm_backward)(real *din, real *dw, real *db, const real *dout, const real *in,
@@ -47,14 +64,8 @@ TFM_CLONES void OPFN(tfm_layernorm_backward)(real *din, real *dw, real *db, cons
 #pragma omp parallel for schedule(static) if((size_t)N * D >= PAR_MIN)
     for (int n = 0; n < N; n++) {
         const real *x = in + (size_t)n * D, *dy = dout + (size_t)n * D;
-        real m = mean[n], s = rstd[n];
-        double sum_g = 0, sum_gx = 0;
-        for (int i = 0; i < D; i++) {
-            double g = (double)dy[i] * w[i];
-            sum_g += g;
-            sum_gx += g * ((x[i] - m) * s);
-        }
-        real mg = (real)(sum_g / D), mgx = (real)(sum_gx / D);
+        real m = mean[n], s = rstd[n], mg, mgx;
+        OPFN(tfm_layernorm_din_means)(&mg, &mgx, dy, x, w, m, s, D);
         real *dx = din + (size_t)n * D;
         for (int i = 0; i < D; i++) {
             real xhat = (x[i] - m) * s;

@@ -42,6 +42,13 @@ void OPFN(tfm_layernorm_backward)(real *din, real *dw, real *db, const real *dou
                                   const real *mean, const real *rstd, const real *w, int N, int D,
                                   int accumulate);
 
+/* The row pieces both LayerNorm ops (plain and fused) share: one forward row
+ * (y, its mean and rstd), and the two row means of the input gradient,
+ * mg = mean(dy * w), mgx = mean(dy * w * xhat), summed in double. */
+void OPFN(tfm_layernorm_row)(real *y, real *mean, real *rstd, const real *x, const real *w, const real *b,
+                             int D, real eps);
+void OPFN(tfm_layernorm_din_means)(real *mg, real *mgx, const real *dy, const real *x, const real *w, real m,
+                                   real s, int D);
 /* dw[D] += sum_n dout[n] * (in[n] - mean[n]) * rstd[n];  db[D] += sum_n dout[n]
  * (the parameter part of tfm_layernorm_backward, in its fixed sum order) */
 void OPFN(tfm_layernorm_dparams)(real *dw, real *db, const real *dout, const real *in, const real *mean,
