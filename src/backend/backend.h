@@ -109,6 +109,27 @@ typedef struct tfm_backend {
                                        uint64_t seed, uint64_t stream);
     void (*activation_dropout_backward)(float *din, const float *dout, const float *in, size_t n,
                                         tfm_act_kind kind, float p, uint64_t seed, uint64_t stream);
+    /* The position-wise feed-forward network as one op each way: exactly the
+     * compositions
+     *   ffn_forward:  linear_forward(hidden, in, w1, b1, N, D, F);
+     *                 activation_dropout_forward(act, hidden, N*F, kind, p, seed, stream);
+     *                 linear_forward(out, act, w2, b2, N, F, D);
+     *   ffn_backward: linear_backward(dact, dw2, db2, dout, act, w2, N, F, D, 0);
+     *                 activation_dropout_backward(dact, dact, hidden, N*F, kind, p, seed, stream);
+     *                 linear_backward(din, dw1, db1, dact, in, w1, N, D, F, accumulate);
+     * (in [N,D], w1 [F,D], b1 [F], w2 [D,F], b2 [D], out and dout [N,D]).
+     * hidden[N,F] and act[N,F] are the forward's saved state and only
+     * ffn_backward reads them: a backend may keep them in a format of its own
+     * (CUDA in BF16 mode: the bf16 activation, a ReLU mask and a bf16 copy of
+     * `in`, written by the GEMMs' epilogues). dact[N,F] is the backward's
+     * scratch; on return its contents are unspecified. */
+    void (*ffn_forward)(float *out, float *hidden, float *act, const float *in, const float *w1, const float *b1,
+                        const float *w2, const float *b2, int N, int D, int F, tfm_act_kind kind, float p,
+                        uint64_t seed, uint64_t stream);
+    void (*ffn_backward)(float *din, float *dw1, float *db1, float *dw2, float *db2, float *dact, const float *dout,
+                         const float *in, const float *hidden, const float *act, const float *w1, const float *w2,
+                         int N, int D, int F, tfm_act_kind kind, float p, uint64_t seed, uint64_t stream,
+                         int accumulate);
     void (*attention_forward)(float *out, float *probs, float *scratch, const float *q, const float *k,
                               const float *v, const tfm_attn_dims *d);
     void (*attention_backward)(float *dq, float *dk, float *dv, float *scratch, const float *dout,

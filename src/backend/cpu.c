@@ -24,6 +24,22 @@ static void cpu_logits_backward(float *din, float *dw, float *dlogits, const flo
     tfm_xent_backward(dlogits, logits, lse, targets, N, V, pad_id, smoothing, scale);
     tfm_linear_backward(din, dw, NULL, dlogits, in, w, N, D, V, accumulate);
 }
+/* ffn_forward and ffn_backward (backend.h): exactly the compositions. */
+static void cpu_ffn_forward(float *out, float *hidden, float *act, const float *in, const float *w1, const float *b1,
+                            const float *w2, const float *b2, int N, int D, int F, tfm_act_kind kind, float p,
+                            uint64_t seed, uint64_t stream) {
+    tfm_linear_forward(hidden, in, w1, b1, N, D, F);
+    tfm_activation_dropout_forward(act, hidden, (size_t)N * F, kind, p, seed, stream);
+    tfm_linear_forward(out, act, w2, b2, N, F, D);
+}
+static void cpu_ffn_backward(float *din, float *dw1, float *db1, float *dw2, float *db2, float *dact,
+                             const float *dout, const float *in, const float *hidden, const float *act,
+                             const float *w1, const float *w2, int N, int D, int F, tfm_act_kind kind, float p,
+                             uint64_t seed, uint64_t stream, int accumulate) {
+    tfm_linear_backward(dact, dw2, db2, dout, act, w2, N, F, D, 0);
+    tfm_activation_dropout_backward(dact, dact, hidden, (size_t)N * F, kind, p, seed, stream);
+    tfm_linear_backward(din, dw1, db1, dact, in, w1, N, D, F, accumulate);
+}
 static int cpu_set_matmul_precision(tfm_matmul_precision p) { return p == TFM_MATMUL_FP32; }
 static void cpu_copy_rows(float *dst, long dst_row, const float *src, long src_row, size_t width, int rows) {
     for (int r = 0; r < rows; r++) memmove(dst + r * dst_row, src + r * src_row, width * sizeof *dst);
@@ -122,6 +138,8 @@ static const tfm_backend cpu_backend = {
     .xent_forward = tfm_xent_forward,
     .xent_backward = tfm_xent_backward,
     .logits_backward = cpu_logits_backward,
+    .ffn_forward = cpu_ffn_forward,
+    .ffn_backward = cpu_ffn_backward,
     .log_softmax = tfm_log_softmax,
 };
 

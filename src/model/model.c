@@ -486,11 +486,9 @@ static void cross_attn_forward(const tfm_model *m, tfm_workspace *ws, const stac
 static void ffn_forward(const tfm_model *m, tfm_workspace *ws, const stack_ctx *c, int layer,
                         const tfm_layer_weights *w, tfm_layer_acts *a, const float *x) {
     int D = m->cfg.d_model, F = m->cfg.d_ff;
-    size_t n = (size_t)c->N * F;
-    m->be->linear_forward(a->ffn_h, x, w->ffn_w1, w->ffn_b1, c->N, D, F);
-    m->be->activation_dropout_forward(a->ffn_a, a->ffn_h, n, (tfm_act_kind)m->cfg.activation,
-                                      drop_p(c, m->cfg.act_dropout), c->seed, stream_id(c, layer, SITE_FFN_ACT));
-    m->be->linear_forward(ws->proj, a->ffn_a, w->ffn_w2, w->ffn_b2, c->N, F, D);
+    m->be->ffn_forward(ws->proj, a->ffn_h, a->ffn_a, x, w->ffn_w1, w->ffn_b1, w->ffn_w2, w->ffn_b2, c->N, D, F,
+                       (tfm_act_kind)m->cfg.activation, drop_p(c, m->cfg.act_dropout), c->seed,
+                       stream_id(c, layer, SITE_FFN_ACT));
 }
 
 typedef enum { BLOCK_SELF, BLOCK_CROSS, BLOCK_FFN } block_kind;
@@ -674,11 +672,9 @@ static void ffn_backward(const tfm_model *m, tfm_workspace *ws, const stack_ctx 
                          const tfm_layer_weights *w, const tfm_layer_weights *gw, const tfm_layer_acts *a,
                          const float *x, float *din, int accumulate) {
     int D = m->cfg.d_model, F = m->cfg.d_ff;
-    size_t n = (size_t)c->N * F;
-    m->be->linear_backward(ws->dffn, gw->ffn_w2, gw->ffn_b2, ws->proj, a->ffn_a, w->ffn_w2, c->N, F, D, 0);
-    m->be->activation_dropout_backward(ws->dffn, ws->dffn, a->ffn_h, n, (tfm_act_kind)m->cfg.activation,
-                                       drop_p(c, m->cfg.act_dropout), c->seed, stream_id(c, layer, SITE_FFN_ACT));
-    m->be->linear_backward(din, gw->ffn_w1, gw->ffn_b1, ws->dffn, x, w->ffn_w1, c->N, D, F, accumulate);
+    m->be->ffn_backward(din, gw->ffn_w1, gw->ffn_b1, gw->ffn_w2, gw->ffn_b2, ws->dffn, ws->proj, x, a->ffn_h,
+                        a->ffn_a, w->ffn_w1, w->ffn_w2, c->N, D, F, (tfm_act_kind)m->cfg.activation,
+                        drop_p(c, m->cfg.act_dropout), c->seed, stream_id(c, layer, SITE_FFN_ACT), accumulate);
 }
 
 /* Backward of one block: g is the gradient of the block output, x the block
