@@ -716,7 +716,7 @@ static int run_long(const bench_opts *o) {
         printf(",\"len\":%d,\"rep\":%d,\"layers\":%d,\"d_model\":%d,\"params\":%zu,\"attention\":\"%s\","
                "\"ms\":%.4f,\"tokens_per_s\":%.3f,\"flop\":%.6e,\"gflops\":%.4f,\"loss\":%.6f,\"peak_rss_kb\":%ld}\n",
                L, r, cfg.enc_layers, cfg.d_model, m.layout.n_params, tr.ws.attn_tiled ? "tiled" : "full", ms[r],
-               L / sec, flop, flop / sec * 1e-9, tr.ws.loss_sum / (double)tr.ws.n_tokens, peak_rss_kb());
+               L / sec, flop, flop / sec * 1e-9, tfm_trainer_pending_loss(&tr), peak_rss_kb());
         fflush(stdout);
     }
     if (!rc) {

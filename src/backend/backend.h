@@ -15,7 +15,10 @@
  * backend), so callers may read it directly and skip a staging copy.
  * Ops are queued in order on the backend's one stream; only `download`,
  * `global_norm`, `xent_forward` (it returns the loss) and `sync` wait for
- * the queued work.
+ * the queued work. A training step waits once, at its end (the trainer
+ * downloads its loss and gradient norm): its loss, norm and clipped update go
+ * through xent_forward_acc, global_norm_to and adam_update_clipped, which
+ * leave their results in backend memory.
  */
 #ifndef TFM_BACKEND_BACKEND_H
 #define TFM_BACKEND_BACKEND_H
@@ -73,6 +76,13 @@ typedef struct tfm_backend {
     void (*add)(float *y, const float *x, size_t n); /* y += x */
     void (*adam_update)(const tfm_adam_coefs *c, float *param, const float *grad, float *m, float *v,
                         size_t n);
+    /* Without waiting: *norm_out (one float of backend memory) = global_norm(x, n). */
+    void (*global_norm_to)(float *norm_out, const float *x, size_t n);
+    /* tfm_adam_update_clipped (ops.h) with the norm read from backend memory
+     * (global_norm_to's), without waiting; grad's contents are unspecified on
+     * return (the CPU scales it in place, CUDA scales as it reads). */
+    void (*adam_update_clipped)(const tfm_adam_coefs *c, float *param, float *grad, float *m, float *v, size_t n,
+                                const float *norm, float clip_norm);
 
     /* ---- ops: contracts in src/ops/ops_decl.h ---- */
     void (*gemm)(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
@@ -149,6 +159,10 @@ typedef struct tfm_backend {
                                      const float *k, const float *v, const tfm_attn_dims *d);
     double (*xent_forward)(float *lse, const float *logits, const int32_t *targets, int N, int V, int pad_id,
                            float smoothing, long *count);
+    /* xent_forward without waiting: adds the summed loss to *loss_acc (one
+     * double of backend memory); the caller counts the non-pad targets. */
+    void (*xent_forward_acc)(float *lse, const float *logits, const int32_t *targets, int N, int V, int pad_id,
+                             float smoothing, double *loss_acc);
     void (*xent_backward)(float *dlogits, const float *logits, const float *lse, const int32_t *targets, int N,
                           int V, int pad_id, float smoothing, float scale);
     /* The logits' backward, the end of a training step's: the composition

@@ -40,6 +40,16 @@ static void cpu_ffn_backward(float *din, float *dw1, float *db1, float *dw2, flo
     tfm_activation_dropout_backward(dact, dact, hidden, (size_t)N * F, kind, p, seed, stream);
     tfm_linear_backward(din, dw1, db1, dact, in, w1, N, D, F, accumulate);
 }
+static void cpu_global_norm_to(float *norm_out, const float *x, size_t n) { *norm_out = tfm_global_norm(x, n); }
+static void cpu_adam_update_clipped(const tfm_adam_coefs *c, float *param, float *grad, float *m, float *v, size_t n,
+                                    const float *norm, float clip_norm) {
+    tfm_adam_update_clipped(c, param, grad, m, v, n, *norm, clip_norm);
+}
+static void cpu_xent_forward_acc(float *lse, const float *logits, const int32_t *targets, int N, int V, int pad_id,
+                                 float smoothing, double *loss_acc) {
+    long count;
+    *loss_acc += tfm_xent_forward(lse, logits, targets, N, V, pad_id, smoothing, &count);
+}
 static int cpu_set_matmul_precision(tfm_matmul_precision p) { return p == TFM_MATMUL_FP32; }
 static void cpu_copy_rows(float *dst, long dst_row, const float *src, long src_row, size_t width, int rows) {
     for (int r = 0; r < rows; r++) memmove(dst + r * dst_row, src + r * src_row, width * sizeof *dst);
@@ -108,6 +118,8 @@ static const tfm_backend cpu_backend = {
     .argmax_rows = cpu_argmax_rows,
     .topk_logprobs = tfm_topk_logprobs,
     .global_norm = tfm_global_norm,
+    .global_norm_to = cpu_global_norm_to,
+    .adam_update_clipped = cpu_adam_update_clipped,
     .scale = tfm_scale,
     .add = tfm_add,
     .adam_update = tfm_adam_update,
@@ -136,6 +148,7 @@ static const tfm_backend cpu_backend = {
     .attention_tiled_forward = tfm_attention_tiled_forward,
     .attention_tiled_backward = tfm_attention_tiled_backward,
     .xent_forward = tfm_xent_forward,
+    .xent_forward_acc = cpu_xent_forward_acc,
     .xent_backward = tfm_xent_backward,
     .logits_backward = cpu_logits_backward,
     .ffn_forward = cpu_ffn_forward,

@@ -29,29 +29,43 @@ __global__ void sum_squares_kernel(double *partial, const float *x, size_t n) {
     if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
 
-__global__ void sum_partials_kernel(double *out, const double *partial, int count) {
+/* *norm = sqrt of the sum of the partials, rounded to float as the CPU's
+ * (float)sqrt(total) (both square roots are correctly rounded). */
+__global__ void sum_partials_kernel(float *norm, const double *partial, int count) {
     __shared__ double sh[32];
     double s = 0;
     for (int i = threadIdx.x; i < count; i += blockDim.x) s += partial[i];
     s = tfm_block_sum(s, sh);
-    if (threadIdx.x == 0) *out = s;
+    if (threadIdx.x == 0) *norm = (float)sqrt(s);
 }
 
-/* sqrt(sum x^2) over x[n] (device), accumulated in double; waits for the result. */
-float tfm_cuda_global_norm(const float *x, size_t n) {
-    if (n == 0) return 0.0f;
+/* *norm_out (device) = sqrt(sum x^2) over x[n] (device), accumulated in
+ * double; queued, no wait. The partials live in the scratch buffer, read by
+ * the next kernel on the stream before anything else can reuse it. */
+void tfm_cuda_global_norm_to(float *norm_out, const float *x, size_t n) {
+    cudaStream_t st = tfm_cuda_stream();
+    if (n == 0) {
+        TFM_CUDA_CHECK(cudaMemsetAsync(norm_out, 0, sizeof *norm_out, st));
+        return;
+    }
     unsigned blocks = tfm_cuda_blocks(n, TFM_CUDA_THREADS * 8);
     if (blocks > NORM_BLOCKS) blocks = NORM_BLOCKS;
-    double *partial = (double *)tfm_cuda_scratch((NORM_BLOCKS + 1) * sizeof(double));
-    cudaStream_t st = tfm_cuda_stream();
+    double *partial = (double *)tfm_cuda_scratch(NORM_BLOCKS * sizeof(double) + sizeof(float));
     sum_squares_kernel<<<blocks, TFM_CUDA_THREADS, 0, st>>>(partial, x, n);
     TFM_CUDA_LAUNCHED();
-    sum_partials_kernel<<<1, TFM_CUDA_THREADS, 0, st>>>(partial + NORM_BLOCKS, partial, (int)blocks);
+    sum_partials_kernel<<<1, TFM_CUDA_THREADS, 0, st>>>(norm_out, partial, (int)blocks);
     TFM_CUDA_LAUNCHED();
-    double total = 0;
-    TFM_CUDA_CHECK(cudaMemcpyAsync(&total, partial + NORM_BLOCKS, sizeof total, cudaMemcpyDeviceToHost, st));
-    TFM_CUDA_CHECK(cudaStreamSynchronize(st));
-    return (float)sqrt(total);
+}
+
+/* The same, brought to the host; waits for the result. */
+float tfm_cuda_global_norm(const float *x, size_t n) {
+    if (n == 0) return 0.0f;
+    float *slot = (float *)((double *)tfm_cuda_scratch(NORM_BLOCKS * sizeof(double) + sizeof(float)) + NORM_BLOCKS);
+    tfm_cuda_global_norm_to(slot, x, n);
+    float norm;
+    TFM_CUDA_CHECK(cudaMemcpyAsync(&norm, slot, sizeof norm, cudaMemcpyDeviceToHost, tfm_cuda_stream()));
+    TFM_CUDA_CHECK(cudaStreamSynchronize(tfm_cuda_stream()));
+    return norm;
 }
 
 __global__ void scale_kernel(float *x, size_t n, float s) {
@@ -98,9 +112,21 @@ void tfm_cuda_add(float *y, const float *x, size_t n) {
 /* madd(a, b, c) of adam.c without FP_FAST_FMAF: two roundings. */
 __device__ __forceinline__ float madd2(float a, float b, float c) { return __fadd_rn(__fmul_rn(a, b), c); }
 
-__global__ void adam_kernel(tfm_adam_coefs c, float *param, const float *grad, float *m, float *v, size_t n) {
+/* norm: NULL, or the gradient norm in device memory: when it is not finite
+ * the kernel changes nothing; when clip > 0 and tfm_clip_coef(norm, clip) < 1
+ * each gradient is multiplied by that coefficient as it is read (the CPU's
+ * tfm_scale then update, the same roundings). */
+__global__ void adam_kernel(tfm_adam_coefs c, float *param, const float *grad, float *m, float *v, size_t n,
+                            const float *norm, float clip) {
+    float coef = 1.0f;
+    if (norm) {
+        float nv = *norm;
+        if (!isfinite(nv)) return;
+        if (clip > 0.0f) coef = __fmul_rn(__fdiv_rn(1.0f, __fadd_rn(nv, 1e-6f)), clip);
+    }
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         float w = param[i], g = grad[i];
+        if (coef < 1.0f) g = __fmul_rn(g, coef);
         if (c.adamw) w = __fmul_rn(w, c.decay);
         else if (c.l2 != 0.0f) g = madd2(c.l2, w, g);
         float mi = madd2(c.one_minus_beta1, g, __fmul_rn(m[i], c.beta1));
@@ -118,6 +144,16 @@ void tfm_cuda_adam_update(const tfm_adam_coefs *c, float *param, const float *gr
                           size_t n) {
     if (n == 0) return;
     adam_kernel<<<tfm_cuda_blocks(n, TFM_CUDA_THREADS), TFM_CUDA_THREADS, 0, tfm_cuda_stream()>>>(*c, param, grad,
-                                                                                                   m, v, n);
+                                                                                                   m, v, n, NULL, 0);
+    TFM_CUDA_LAUNCHED();
+}
+
+/* adam_update_clipped (backend.h): the norm read on the device (no wait);
+ * grad itself is left as it was. */
+void tfm_cuda_adam_update_clipped(const tfm_adam_coefs *c, float *param, float *grad, float *m, float *v, size_t n,
+                                  const float *norm, float clip_norm) {
+    if (n == 0) return;
+    adam_kernel<<<tfm_cuda_blocks(n, TFM_CUDA_THREADS), TFM_CUDA_THREADS, 0, tfm_cuda_stream()>>>(
+        *c, param, grad, m, v, n, norm, clip_norm);
     TFM_CUDA_LAUNCHED();
 }

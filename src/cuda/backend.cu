@@ -470,6 +470,8 @@ static void fill_table(tfm_backend *t) {
     t->argmax_rows = cu_argmax_rows;
     t->topk_logprobs = cu_topk_logprobs;
     t->global_norm = tfm_cuda_global_norm;
+    t->global_norm_to = tfm_cuda_global_norm_to;
+    t->adam_update_clipped = tfm_cuda_adam_update_clipped;
     t->scale = tfm_cuda_scale;
     t->add = tfm_cuda_add;
     t->adam_update = tfm_cuda_adam_update;
@@ -498,6 +500,7 @@ static void fill_table(tfm_backend *t) {
     t->attention_tiled_forward = tfm_cuda_attention_tiled_forward;
     t->attention_tiled_backward = tfm_cuda_attention_tiled_backward;
     t->xent_forward = tfm_cuda_xent_forward;
+    t->xent_forward_acc = tfm_cuda_xent_forward_acc;
     t->xent_backward = tfm_cuda_xent_backward;
     t->logits_backward = tfm_cuda_logits_backward;
     t->ffn_forward = cu_ffn_forward;

@@ -214,6 +214,9 @@ void tfm_cuda_bgemm(const tfm_cuda_bgemm_args *g);
 
 /* adam.cu */
 float tfm_cuda_global_norm(const float *x, size_t n);
+void tfm_cuda_global_norm_to(float *norm_out, const float *x, size_t n);
+void tfm_cuda_adam_update_clipped(const tfm_adam_coefs *c, float *param, float *grad, float *m, float *v, size_t n,
+                                  const float *norm, float clip_norm);
 void tfm_cuda_scale(float *x, size_t n, float s);
 void tfm_cuda_add(float *y, const float *x, size_t n);
 void tfm_cuda_adam_update(const tfm_adam_coefs *c, float *param, const float *grad, float *m, float *v,
@@ -292,6 +295,8 @@ void tfm_cuda_attention_tiled_backward(float *dq, float *dk, float *dv, float *s
                                        const float *dout, const float *out, const float *lse, const float *q,
                                        const float *k, const float *v, const tfm_attn_dims *d);
 /* xent.cu */
+void tfm_cuda_xent_forward_acc(float *lse, const float *logits, const int32_t *targets, int N, int V, int pad_id,
+                               float smoothing, double *loss_acc);
 double tfm_cuda_xent_forward(float *lse, const float *logits, const int32_t *targets, int N, int V, int pad_id,
                              float smoothing, long *count);
 void tfm_cuda_xent_backward(float *dlogits, const float *logits, const float *lse, const int32_t *targets,

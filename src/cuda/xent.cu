@@ -104,8 +104,9 @@ __global__ void xent_rows_kernel(float *lse, double *row_loss, const float *logi
     }
 }
 
-/* out[0] = sum of row_loss[0..N), out[1] = sum of the counted flags. */
-__global__ void xent_total_kernel(double *out, const double *row_loss, int N) {
+/* out[0] = sum of row_loss[0..N), out[1] = sum of the counted flags; with
+ * acc, out[0] += the sum instead (and out[1] is not written). */
+__global__ void xent_total_kernel(double *out, const double *row_loss, int N, int acc) {
     __shared__ double sh[32];
     double s = 0, c = 0;
     for (int n = threadIdx.x; n < N; n += blockDim.x) {
@@ -115,8 +116,12 @@ __global__ void xent_total_kernel(double *out, const double *row_loss, int N) {
     s = tfm_block_sum(s, sh);
     c = tfm_block_sum(c, sh);
     if (threadIdx.x == 0) {
-        out[0] = s;
-        out[1] = c;
+        if (acc) {
+            out[0] += s;
+        } else {
+            out[0] = s;
+            out[1] = c;
+        }
     }
 }
 
@@ -132,13 +137,26 @@ double tfm_cuda_xent_forward(float *lse, const float *logits, const int32_t *tar
     cudaStream_t st = tfm_cuda_stream();
     xent_rows_kernel<<<row_grid(N), XENT_THREADS, 0, st>>>(lse, ws, logits, targets, N, V, pad_id, smoothing);
     TFM_CUDA_LAUNCHED();
-    xent_total_kernel<<<1, 1024, 0, st>>>(ws + 2 * (size_t)N, ws, N);
+    xent_total_kernel<<<1, 1024, 0, st>>>(ws + 2 * (size_t)N, ws, N, 0);
     TFM_CUDA_LAUNCHED();
     double res[2];
     TFM_CUDA_CHECK(cudaMemcpyAsync(res, ws + 2 * (size_t)N, sizeof res, cudaMemcpyDeviceToHost, st));
     TFM_CUDA_CHECK(cudaStreamSynchronize(st));
     *count = (long)res[1];
     return res[0];
+}
+
+/* xent_forward_acc (backend.h): the same sum added to *loss_acc (device),
+ * queued without waiting. */
+void tfm_cuda_xent_forward_acc(float *lse, const float *logits, const int32_t *targets, int N, int V, int pad_id,
+                               float smoothing, double *loss_acc) {
+    if (N <= 0) return;
+    double *ws = (double *)tfm_cuda_scratch((size_t)2 * N * sizeof(double));
+    cudaStream_t st = tfm_cuda_stream();
+    xent_rows_kernel<<<row_grid(N), XENT_THREADS, 0, st>>>(lse, ws, logits, targets, N, V, pad_id, smoothing);
+    TFM_CUDA_LAUNCHED();
+    xent_total_kernel<<<1, 1024, 0, st>>>(loss_acc, ws, N, 1);
+    TFM_CUDA_LAUNCHED();
 }
 
 /* vec: dlogits - logits is a multiple of 16 bytes, so the rows of both reach a

@@ -618,8 +618,14 @@ tfm_status tfm_model_forward(const tfm_model *m, tfm_workspace *ws, const tfm_ba
     ws->n_tokens = 0;
     if (b->targets) {
         m->be->upload(ws->targets, b->targets, (size_t)N * sizeof *b->targets);
-        ws->loss_sum = m->be->xent_forward(ws->lse, ws->logits, ws->targets, N, cfg->tgt_vocab,
-                                           cfg->pad_id, cfg->label_smoothing, &ws->n_tokens);
+        if (ws->loss_acc) {
+            for (int i = 0; i < N; i++) ws->n_tokens += b->targets[i] != cfg->pad_id;
+            m->be->xent_forward_acc(ws->lse, ws->logits, ws->targets, N, cfg->tgt_vocab, cfg->pad_id,
+                                    cfg->label_smoothing, ws->loss_acc);
+        } else {
+            ws->loss_sum = m->be->xent_forward(ws->lse, ws->logits, ws->targets, N, cfg->tgt_vocab, cfg->pad_id,
+                                               cfg->label_smoothing, &ws->n_tokens);
+        }
     }
     return TFM_OK;
 }

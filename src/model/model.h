@@ -131,8 +131,13 @@ typedef struct tfm_workspace {
     float *dffn;               /* [N, F] */
     float *dmem;               /* [B*S, D] gradient of the encoder output */
     float *dckv;               /* [B*S, H*(dk+dv)] */
-    double loss_sum;           /* summed label-smoothed loss of the last forward */
+    double loss_sum;           /* summed label-smoothed loss of the last forward (loss_acc NULL) */
     long n_tokens;             /* non-pad targets of the last forward */
+    /* NULL: the forward brings its loss to the host, into loss_sum (it waits
+     * for the GPU). Otherwise one double of backend memory the forward adds
+     * its summed loss to, without waiting (the trainer's: one download per
+     * step, at its end); loss_sum is then left 0. Set by the caller. */
+    double *loss_acc;
 } tfm_workspace;
 
 /* Allocates activations for batches up to max_B x max_S (source) and
@@ -157,8 +162,8 @@ void tfm_workspace_free(tfm_workspace *ws);
 tfm_status tfm_batch_check(const tfm_model *m, const tfm_workspace *ws, const tfm_batch *b);
 
 /* Forward pass. training != 0 applies dropout with randomness from `seed`.
- * Fills ws->logits [B*L, V] and, when b->targets is set, ws->loss_sum and
- * ws->n_tokens (mean loss = loss_sum / n_tokens). */
+ * Fills ws->logits [B*L, V] and, when b->targets is set, ws->loss_sum (or
+ * *ws->loss_acc) and ws->n_tokens (mean loss = loss_sum / n_tokens). */
 tfm_status tfm_model_forward(const tfm_model *m, tfm_workspace *ws, const tfm_batch *b,
                              int training, uint64_t seed);
 

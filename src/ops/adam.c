@@ -101,3 +101,13 @@ TFM_CLONES_F32 void tfm_adam_update(const tfm_adam_coefs *c, float *param, const
         v[i] = vi;
     }
 }
+
+void tfm_adam_update_clipped(const tfm_adam_coefs *c, float *param, float *grad, float *m, float *v, size_t n,
+                             float norm, float clip_norm) {
+    if (!isfinite(norm)) return;
+    if (clip_norm > 0.0f) {
+        float coef = tfm_clip_coef(norm, clip_norm);
+        if (coef < 1.0f) tfm_scale(grad, n, coef);
+    }
+    tfm_adam_update(c, param, grad, m, v, n);
+}

@@ -62,6 +62,15 @@ void tfm_scale(float *x, size_t n, float s);
 void tfm_add(float *y, const float *x, size_t n);
 void tfm_adam_update(const tfm_adam_coefs *c, float *param, const float *grad, float *m, float *v,
                      size_t n);
+/* clip_grad_norm_'s coefficient: max_norm / (norm + 1e-6) in float32, where
+ * PyTorch's float / tensor is tensor.reciprocal() * float. */
+static inline float tfm_clip_coef(float norm, float max_norm) { return (1.0f / (norm + 1e-6f)) * max_norm; }
+/* The trainer's update given the gradient norm: when norm is not finite,
+ * nothing (one bad batch must not poison the moments); otherwise, when
+ * clip_norm > 0 and coef = tfm_clip_coef(norm, clip_norm) < 1, grad *= coef,
+ * then tfm_adam_update. */
+void tfm_adam_update_clipped(const tfm_adam_coefs *c, float *param, float *grad, float *m, float *v, size_t n,
+                             float norm, float clip_norm);
 
 /* Beam search's candidates (float only; src/ops/xent.c): for each row n of
  * x[N, V], the k ids with the largest x[n, v] over v != skip_a, skip_b,

@@ -892,7 +892,6 @@ tfm_status tfm_train_state_load(tfm_trainer *tr, const char *path, tfm_train_sta
         tr->step = out->step;
         tr->seed = out->seed;
         tr->micro = 0;
-        tr->loss_sum = 0;
         tr->n_tokens = 0;
     }
     tfm_st_close(&st);

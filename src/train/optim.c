@@ -82,14 +82,10 @@ float tfm_grad_global_norm(const float *grad, size_t n) {
     return tfm_global_norm(grad, n);
 }
 
-/* clip_grad_norm_: clip_coef = max_norm / (total_norm + 1e-6) in float32,
- * where float / tensor is tensor.reciprocal() * float. */
-static float clip_coef(float norm, float max_norm) { return (1.0f / (norm + 1e-6f)) * max_norm; }
-
 float tfm_grad_clip(float *grad, size_t n, float max_norm) {
     TFM_ASSERT(max_norm > 0.0f);
     float norm = tfm_grad_global_norm(grad, n);
-    float coef = clip_coef(norm, max_norm);
+    float coef = tfm_clip_coef(norm, max_norm);
     if (coef < 1.0f) tfm_scale(grad, n, coef);
     return norm;
 }
@@ -125,21 +121,17 @@ void tfm_adam_step(const tfm_adam_params *p, float *param, const float *grad, fl
     tfm_adam_update(&c, param, grad, m, v, n);
 }
 
-float tfm_optim_step_on(const tfm_backend *be, const tfm_adam_params *p, float *param, float *grad,
-                        float *m, float *v, size_t n, long step, float lr) {
-    TFM_ASSERT(be != NULL && p != NULL);
-    float norm = be->global_norm(grad, n);
-    if (p->clip_norm > 0.0f) {
-        float coef = clip_coef(norm, p->clip_norm);
-        if (coef < 1.0f) be->scale(grad, n, coef);
-    }
-    if (!isfinite(norm)) return norm;
+void tfm_optim_step_on(const tfm_backend *be, const tfm_adam_params *p, float *param, float *grad, float *m,
+                       float *v, size_t n, long step, float lr, float *norm_out) {
+    TFM_ASSERT(be != NULL && p != NULL && norm_out != NULL);
+    be->global_norm_to(norm_out, grad, n);
     tfm_adam_coefs c = tfm_adam_coefs_at(p, step, lr);
-    be->adam_update(&c, param, grad, m, v, n);
-    return norm;
+    be->adam_update_clipped(&c, param, grad, m, v, n, norm_out, p->clip_norm);
 }
 
 float tfm_optim_step(const tfm_adam_params *p, float *param, float *grad, float *m, float *v,
                      size_t n, long step, float lr) {
-    return tfm_optim_step_on(tfm_backend_cpu(), p, param, grad, m, v, n, step, lr);
+    float norm;
+    tfm_optim_step_on(tfm_backend_cpu(), p, param, grad, m, v, n, step, lr, &norm);
+    return norm;
 }

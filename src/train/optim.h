@@ -106,10 +106,12 @@ float tfm_optim_step(const tfm_adam_params *p, float *param, float *grad, float 
  * PyTorch rounds them; the loop is tfm_adam_update (src/ops) or a backend's. */
 tfm_adam_coefs tfm_adam_coefs_at(const tfm_adam_params *p, long step, float lr);
 
-/* tfm_optim_step on a backend's buffers (param, grad, m, v are its memory):
- * the norm comes back to the host (one synchronisation), the rest stays there. */
-float tfm_optim_step_on(const tfm_backend *be, const tfm_adam_params *p, float *param, float *grad,
-                        float *m, float *v, size_t n, long step, float lr);
+/* tfm_optim_step on a backend's buffers (param, grad, m, v and norm_out are
+ * its memory), queued without waiting: the gradient norm before clipping
+ * lands in *norm_out (one float), where the update reads it; grad's contents
+ * are unspecified afterwards. The caller downloads the norm when it wants it. */
+void tfm_optim_step_on(const tfm_backend *be, const tfm_adam_params *p, float *param, float *grad, float *m,
+                       float *v, size_t n, long step, float lr, float *norm_out);
 
 /* The shortest decimal that rounds to x, as a double: 0.98f -> 0.98, 1e-3f ->
  * 0.001. PyTorch forms 1 - beta2, lr / bc1, gamma^e and friends in double from

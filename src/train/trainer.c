@@ -25,7 +25,11 @@ tfm_status tfm_trainer_init_cells(tfm_trainer *tr, tfm_model *m, const tfm_adam_
     tr->seed = seed;
     size_t n = m->layout.n_params;
     tr->grad = m->be->alloc(3 * n * sizeof *tr->grad);
-    if (!tr->grad) return tfm_error(TFM_ERR_NOMEM, "trainer: out of memory for gradients and moments");
+    tr->stats = m->be->alloc(2 * sizeof *tr->stats);
+    if (!tr->grad || !tr->stats) {
+        tfm_trainer_free(tr);
+        return tfm_error(TFM_ERR_NOMEM, "trainer: out of memory for gradients and moments");
+    }
     tr->adam_m = tr->grad + n;
     tr->adam_v = tr->grad + 2 * n;
     tfm_status st = tfm_weights_bind(&tr->grad_views, &m->cfg, tr->grad);
@@ -38,17 +42,23 @@ tfm_status tfm_trainer_init_cells(tfm_trainer *tr, tfm_model *m, const tfm_adam_
 void tfm_trainer_free(tfm_trainer *tr) {
     if (tr->ws.mem) tfm_workspace_free(&tr->ws);
     tfm_weights_free(&tr->grad_views);
-    if (tr->m) tr->m->be->free(tr->grad);
+    if (tr->m) {
+        tr->m->be->free(tr->grad);
+        tr->m->be->free(tr->stats);
+    }
     memset(tr, 0, sizeof *tr);
 }
 
 tfm_status tfm_trainer_accumulate(tfm_trainer *tr, const tfm_batch *b, float grad_scale) {
     /* Each micro-batch of each step gets its own dropout randomness. */
     uint64_t seed = tfm_rng_u64(tr->seed, (uint64_t)tr->step, (uint64_t)tr->micro);
-    TFM_TRY(tfm_model_forward(tr->m, &tr->ws, b, 1, seed));
+    if (tr->micro == 0) tr->m->be->zero(tr->stats, sizeof *tr->stats);
+    tr->ws.loss_acc = tr->stats; /* the loss stays on the device until the update */
+    tfm_status st = tfm_model_forward(tr->m, &tr->ws, b, 1, seed);
+    tr->ws.loss_acc = NULL;
+    TFM_TRY(st);
     TFM_TRY(tfm_model_backward(tr->m, &tr->ws, b, &tr->grad_views, grad_scale));
     tr->micro++;
-    tr->loss_sum += tr->ws.loss_sum;
     tr->n_tokens += tr->ws.n_tokens;
     return TFM_OK;
 }
@@ -58,12 +68,16 @@ float tfm_trainer_update(tfm_trainer *tr) {
     tr->step++;
     tr->last_lr = tfm_lr_at(&tr->sched, tr->step);
     const tfm_backend *be = tr->m->be;
-    tr->last_grad_norm = tfm_optim_step_on(be, &tr->opt, tr->m->params, tr->grad, tr->adam_m, tr->adam_v, n,
-                                           tr->step, tr->last_lr);
+    if (tr->micro == 0) be->zero(tr->stats, sizeof *tr->stats); /* an update without micro-batches */
+    tfm_optim_step_on(be, &tr->opt, tr->m->params, tr->grad, tr->adam_m, tr->adam_v, n, tr->step, tr->last_lr,
+                      (float *)(tr->stats + 1));
     be->zero(tr->grad, n * sizeof *tr->grad);
+    double stats[2];
+    be->download(stats, tr->stats, sizeof stats);
+    memcpy(&tr->last_grad_norm, &stats[1], sizeof tr->last_grad_norm);
+    tr->loss_sum = stats[0];
     float loss = tr->n_tokens ? (float)(tr->loss_sum / tr->n_tokens) : 0.0f;
     tr->micro = 0;
-    tr->loss_sum = 0;
     tr->n_tokens = 0;
     return loss;
 }
@@ -79,6 +93,13 @@ tfm_status tfm_trainer_step(tfm_trainer *tr, const tfm_batch *b, float *loss) {
     float l = tfm_trainer_update(tr);
     if (loss) *loss = l;
     return TFM_OK;
+}
+
+double tfm_trainer_pending_loss(tfm_trainer *tr) {
+    if (tr->micro == 0 || tr->n_tokens == 0) return 0;
+    double sum;
+    tr->m->be->download(&sum, tr->stats, sizeof sum);
+    return sum / tr->n_tokens;
 }
 
 tfm_status tfm_trainer_eval(tfm_trainer *tr, const tfm_batch *b, double *loss_sum, long *n_tokens) {

@@ -10,6 +10,11 @@
  * (gradients accumulate); clip; Adam with the scheduled learning rate.
  * tfm_trainer_step does all of it for one batch; tfm_trainer_accumulate and
  * tfm_trainer_update split it for gradient accumulation.
+ *
+ * On a device backend nothing in a step waits for the device until its end:
+ * the loss accumulates in device memory (stats), the gradient norm is
+ * computed there and the clipped update reads it there; tfm_trainer_update
+ * then downloads both in one copy.
  */
 #ifndef TFM_TRAIN_TRAINER_H
 #define TFM_TRAIN_TRAINER_H
@@ -30,8 +35,10 @@ typedef struct tfm_trainer {
     uint64_t seed;                  /* dropout randomness */
     long step;                      /* updates done so far */
     int micro;                      /* micro-batches accumulated since the last update */
-    double loss_sum;                /* summed over the micro-batches of this update */
-    long n_tokens;
+    double *stats;                  /* backend memory: [0] summed loss of this update's micro-batches,
+                                       [1] the gradient norm (a float in the slot's first bytes) */
+    double loss_sum;                /* of the last update (downloaded from stats) */
+    long n_tokens;                  /* non-pad targets accumulated since the last update */
     float last_lr, last_grad_norm;
 } tfm_trainer;
 
@@ -48,8 +55,12 @@ void tfm_trainer_free(tfm_trainer *tr);
  * the factor on the summed loss (1/tokens of the whole update for a mean). */
 tfm_status tfm_trainer_accumulate(tfm_trainer *tr, const tfm_batch *b, float grad_scale);
 /* Clips, applies Adam, advances the step, zeroes the gradients; returns the
- * mean loss over the tokens accumulated since the last update. */
+ * mean loss over the tokens accumulated since the last update (the step's one
+ * wait for the device). */
 float tfm_trainer_update(tfm_trainer *tr);
+/* The mean loss over the micro-batches accumulated since the last update,
+ * without updating (waits for the device); 0 when none. */
+double tfm_trainer_pending_loss(tfm_trainer *tr);
 /* One whole step on one batch; *loss receives its mean loss per token. */
 tfm_status tfm_trainer_step(tfm_trainer *tr, const tfm_batch *b, float *loss);
 
