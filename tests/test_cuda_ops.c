@@ -1240,6 +1240,172 @@ static void test_logits_backward(int N, int D, int V, int bf16, int pays, int ac
     free(logits), free(in), free(w), free(din), free(dw), free(t), free(lse);
 }
 
+/* -------------------------------------------------------------------- FFN */
+
+/* max|a - b| / max|b| over n floats (infinite where a is NaN), printing
+ * nothing: for telling which layout the CUDA forward left in hidden. */
+static double rel_err(const float *a, const float *b, size_t n) {
+    double worst = 0.0, scale = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        if (!(a[i] == a[i])) return INFINITY;
+        double d = fabs((double)a[i] - b[i]);
+        if (d > worst) worst = d;
+        if (fabs(b[i]) > scale) scale = fabs(b[i]);
+    }
+    return worst / (scale > 0.0 ? scale : 1.0);
+}
+
+/* ffn_forward then ffn_backward (backend.h) against the CPU's composition on
+ * the same inputs: out, din (NaN before when acc = 0: never read; else +=),
+ * dw1, db1, dw2, db2 (+=, from the same random values on both sides).
+ * fp32 mode: within TOL. BF16 mode (back to fp32 after): against the CPU in
+ * fp32 within TOL_FFN_BF16, the bound of test_gemm_precision's bf16 products
+ * (the operands, the activation and its gradient rounded to bf16 on the GPU;
+ * fp32 sums on both sides). `fused`: whether the CUDA forward must have taken
+ * the fused path (src/cuda/ffn.cu), seen from outside: the composition
+ * leaves the pre-activation in hidden (compared with the CPU's), the fused
+ * path a ReLU bit mask (hidden then differs wholly; its NaN poison stays
+ * where the mask does not reach). dact_off: floats in front of the dact
+ * scratch (1: only 4-byte aligned, so the fused backward falls back to the
+ * composition's routes on the fused forward's state). The fused backward
+ * runs twice and must give the same bits (no atomics anywhere). The
+ * environment (TFM_FFN_FUSED) is the caller's.
+ * Inputs: the ReLU's gradient jumps where the pre-activation crosses 0, and
+ * the GPU's bf16 pre-activation is off by ~1e-3, so random inputs flip some
+ * elements of the mask against the CPU and fail any max-norm bound (seen:
+ * 3e-2 to 8e-2 in din, dw1, db1 for BF16 mode's composition as well). So
+ * the pre-activation keeps away from 0: in[n, 0] = +-1 and w1[f, 0] = +-(0.75
+ * to 1) give it a sign pattern s_n t_f (varying along both n and f, which
+ * exercises the mask's layout), and the rest stays far below 0.75 (the
+ * other weights +-0.2/sqrt(D): a sum of standard deviation 0.07; b1 +-0.1). */
+#define TOL_FFN_BF16 1e-2
+static void test_ffn_case(const char *tag, int N, int D, int F, tfm_act_kind kind, float p, int bf16, int acc,
+                          int fused, int dact_off) {
+    const uint64_t seed = 99, stream = (2ull << 40) + 7;
+    size_t nd = (size_t)N * D, nf = (size_t)N * F, fd = (size_t)F * D;
+    float ws = 0.2f / sqrtf((float)D);
+    float *in = hrand(nd, -1, 1), *w1 = hrand(fd, -ws, ws), *b1 = hrand(F, -0.1f, 0.1f);
+    float *w2 = hrand(fd, -0.1f, 0.1f), *b2 = hrand(D, -0.2f, 0.2f), *dout = hrand(nd, -1, 1);
+    for (int n = 0; n < N; n++) in[(size_t)n * D] = urand(-1, 1) < 0 ? -1.0f : 1.0f;
+    for (int f = 0; f < F; f++) w1[(size_t)f * D] = (urand(-1, 1) < 0 ? -1.0f : 1.0f) * urand(0.75f, 1.0f);
+    float *out = hnan(nd), *hidden = hnan(nf), *act = hnan(nf), *dact = hnan(nf + 4);
+    float *din = acc ? hrand(nd, -0.5f, 0.5f) : hnan(nd);
+    float *dw1 = hrand(fd, -0.5f, 0.5f), *db1 = hrand(F, -0.5f, 0.5f);
+    float *dw2 = hrand(fd, -0.5f, 0.5f), *db2 = hrand(D, -0.5f, 0.5f);
+    float *d_in = dputf(in, nd), *d_w1 = dputf(w1, fd), *d_b1 = dputf(b1, F), *d_w2 = dputf(w2, fd);
+    float *d_b2 = dputf(b2, D), *d_dout = dputf(dout, nd), *d_out = dputf(out, nd), *d_hidden = dputf(hidden, nf);
+    float *d_act = dputf(act, nf), *d_dact = dputf(dact, nf + 4), *d_din = dputf(din, nd);
+    float *d_dw1 = dputf(dw1, fd), *d_db1 = dputf(db1, F), *d_dw2 = dputf(dw2, fd), *d_db2 = dputf(db2, D);
+    CHECK(G->set_matmul_precision(bf16 ? TFM_MATMUL_BF16 : TFM_MATMUL_FP32), "precision refused");
+    G->ffn_forward(d_out, d_hidden, d_act, d_in, d_w1, d_b1, d_w2, d_b2, N, D, F, kind, p, seed, stream);
+    G->ffn_backward(d_din, d_dw1, d_db1, d_dw2, d_db2, d_dact + dact_off, d_dout, d_in, d_hidden, d_act, d_w1, d_w2,
+                    N, D, F, kind, p, seed, stream, acc);
+    float *r_din = hdup(din, nd), *r_dw1 = hdup(dw1, fd), *r_db1 = hdup(db1, F), *r_dw2 = hdup(dw2, fd);
+    float *r_db2 = hdup(db2, D);
+    C->ffn_forward(out, hidden, act, in, w1, b1, w2, b2, N, D, F, kind, p, seed, stream);
+    C->ffn_backward(r_din, r_dw1, r_db1, r_dw2, r_db2, dact, dout, in, hidden, act, w1, w2, N, D, F, kind, p, seed,
+                    stream, acc);
+
+    char name[128];
+    if (nd * F >= 10000000) {
+        /* The CPU reference's dw2 against a plain double loop (a check of the
+         * reference itself, at the sizes where the CPU takes its blocked GEMM). */
+        double *sum = calloc(fd, sizeof *sum);
+        float *want = xmalloc(fd * sizeof *want);
+        CHECK(sum != NULL, "out of memory");
+        for (int n = 0; n < N; n++)
+            for (int d = 0; d < D; d++) {
+                double g = dout[(size_t)n * D + d];
+                const float *a = act + (size_t)n * F;
+                for (int f = 0; f < F; f++) sum[(size_t)d * F + f] += g * a[f];
+            }
+        for (size_t i = 0; i < fd; i++) want[i] = (float)(dw2[i] + sum[i]);
+        snprintf(name, sizeof name, "ffn %dx%dx%d cpu reference dw2 vs a double loop", N, D, F);
+        (void)tfm_test_close(name, r_dw2, want, fd, TOL);
+        free(sum), free(want);
+    }
+    double tol = bf16 ? TOL_FFN_BF16 : TOL;
+    const char *mode = bf16 ? "bf16" : "fp32";
+#define FFN_CMP(label, dev, ref, n)                                                                       \
+    do {                                                                                                  \
+        snprintf(name, sizeof name, "ffn %dx%dx%d %s %s acc=%d %s", N, D, F, mode, tag, acc, label);      \
+        float *got_ = dget(dev, n);                                                                       \
+        (void)tfm_test_close(name, got_, ref, n, tol);                                                    \
+        free(got_);                                                                                       \
+    } while (0)
+    float *got_hidden = dget(d_hidden, nf);
+    int seen_fused = rel_err(got_hidden, hidden, nf) > 0.1;
+    free(got_hidden);
+    snprintf(name, sizeof name, "ffn %dx%dx%d %s %s", N, D, F, mode, tag);
+    CHECK(seen_fused == fused, "%s: the forward %s the fused path", name, seen_fused ? "took" : "did not take");
+    if (!fused) {
+        FFN_CMP("hidden", d_hidden, hidden, nf);
+        FFN_CMP("act", d_act, act, nf);
+    }
+    FFN_CMP("out", d_out, out, nd);
+    FFN_CMP("din", d_din, r_din, nd);
+    FFN_CMP("dw1", d_dw1, r_dw1, fd);
+    FFN_CMP("db1", d_db1, r_db1, F);
+    FFN_CMP("dw2", d_dw2, r_dw2, fd);
+    FFN_CMP("db2", d_db2, r_db2, D);
+#undef FFN_CMP
+    if (fused && !dact_off) {
+        /* Again from the same gradients: the same bits. */
+        float *g_din = dget(d_din, nd), *g_dw1 = dget(d_dw1, fd), *g_db1 = dget(d_db1, F);
+        float *g_dw2 = dget(d_dw2, fd), *g_db2 = dget(d_db2, D);
+        G->upload(d_din, din, nd * sizeof(float)), G->upload(d_dw1, dw1, fd * sizeof(float));
+        G->upload(d_db1, db1, F * sizeof(float)), G->upload(d_dw2, dw2, fd * sizeof(float));
+        G->upload(d_db2, db2, D * sizeof(float));
+        G->ffn_backward(d_din, d_dw1, d_db1, d_dw2, d_db2, d_dact, d_dout, d_in, d_hidden, d_act, d_w1, d_w2, N, D, F,
+                        kind, p, seed, stream, acc);
+        snprintf(name, sizeof name, "ffn %dx%dx%d %s %s acc=%d again: din", N, D, F, mode, tag, acc);
+        cmp_exact(name, d_din, g_din, nd);
+        snprintf(name, sizeof name, "ffn %dx%dx%d %s %s acc=%d again: dw1", N, D, F, mode, tag, acc);
+        cmp_exact(name, d_dw1, g_dw1, fd);
+        snprintf(name, sizeof name, "ffn %dx%dx%d %s %s acc=%d again: db1", N, D, F, mode, tag, acc);
+        cmp_exact(name, d_db1, g_db1, F);
+        snprintf(name, sizeof name, "ffn %dx%dx%d %s %s acc=%d again: dw2", N, D, F, mode, tag, acc);
+        cmp_exact(name, d_dw2, g_dw2, fd);
+        snprintf(name, sizeof name, "ffn %dx%dx%d %s %s acc=%d again: db2", N, D, F, mode, tag, acc);
+        cmp_exact(name, d_db2, g_db2, D);
+        free(g_din), free(g_dw1), free(g_db1), free(g_dw2), free(g_db2);
+    }
+    CHECK(G->set_matmul_precision(TFM_MATMUL_FP32), "fp32 mode refused");
+    G->free(d_in), G->free(d_w1), G->free(d_b1), G->free(d_w2), G->free(d_b2), G->free(d_dout), G->free(d_out);
+    G->free(d_hidden), G->free(d_act), G->free(d_dact), G->free(d_din), G->free(d_dw1), G->free(d_db1);
+    G->free(d_dw2), G->free(d_db2);
+    free(in), free(w1), free(b1), free(w2), free(b2), free(dout), free(out), free(hidden), free(act), free(dact);
+    free(din), free(dw1), free(db1), free(dw2), free(db2);
+    free(r_din), free(r_dw1), free(r_db1), free(r_dw2), free(r_db2);
+}
+
+/* The fused path where it applies (BF16 mode, ReLU, p = 0, D and F multiples
+ * of 8, D <= F, enough rows for bf16 copies to pay: N = 517 and 520, odd and
+ * not), also from a misaligned dact (the fallback backward) and switched off
+ * (TFM_FFN_FUSED=0: BF16 mode's composition, for comparison); the
+ * composition everywhere else: fp32 mode, GELU, activation dropout, too few
+ * rows, D or F not multiples of 8, D > F. */
+static void test_ffn(void) {
+    for (int acc = 0; acc < 2; acc++) {
+        test_ffn_case("relu", 37, 24, 40, TFM_OP_RELU, 0.0f, 0, acc, 0, 0);
+        test_ffn_case("fused", 517, 128, 512, TFM_OP_RELU, 0.0f, 1, acc, 1, 0);
+        test_ffn_case("fused, dact misaligned", 517, 128, 512, TFM_OP_RELU, 0.0f, 1, acc, 1, 1);
+        setenv("TFM_FFN_FUSED", "0", 1);
+        test_ffn_case("TFM_FFN_FUSED=0", 517, 128, 512, TFM_OP_RELU, 0.0f, 1, acc, 0, 0);
+        unsetenv("TFM_FFN_FUSED");
+    }
+    test_ffn_case("relu", 517, 128, 512, TFM_OP_RELU, 0.0f, 0, 1, 0, 0);
+    test_ffn_case("fused", 520, 256, 1024, TFM_OP_RELU, 0.0f, 1, 1, 1, 0);
+    test_ffn_case("gelu dropout", 37, 24, 40, TFM_OP_GELU, 0.1f, 0, 1, 0, 0);
+    test_ffn_case("relu dropout", 37, 24, 40, TFM_OP_RELU, 0.1f, 0, 1, 0, 0);
+    test_ffn_case("gelu", 517, 128, 512, TFM_OP_GELU, 0.0f, 1, 1, 0, 0);
+    test_ffn_case("relu dropout", 517, 128, 512, TFM_OP_RELU, 0.1f, 1, 1, 0, 0);
+    test_ffn_case("few rows", 64, 128, 512, TFM_OP_RELU, 0.0f, 1, 1, 0, 0);
+    test_ffn_case("D % 8 != 0", 517, 130, 512, TFM_OP_RELU, 0.0f, 1, 1, 0, 0);
+    test_ffn_case("F % 8 != 0", 517, 128, 516, TFM_OP_RELU, 0.0f, 1, 1, 0, 0);
+    test_ffn_case("D > F", 601, 520, 256, TFM_OP_RELU, 0.0f, 1, 1, 0, 0);
+}
+
 static void test_log_softmax(void) {
     int N = 29, V = 2053;
     size_t nv = (size_t)N * V;
@@ -1473,6 +1639,7 @@ int main(void) {
     test_logits_backward(23, 40, 37000, 0, 0, 1);
     test_logits_backward(301, 256, 37000, 1, 1, 1);
     test_log_softmax();
+    test_ffn();
     if (atoi(tfm_test_env("TFM_CUDA_OPS_TIME", "0"))) time_ops();
     return tfm_test_finish();
 }

@@ -435,23 +435,6 @@ static int cu_supports(const tfm_config *cfg) {
  * same type). */
 static tfm_backend cuda_backend;
 
-/* ffn_forward / ffn_backward (backend.h): the compositions. */
-static void cu_ffn_forward(float *out, float *hidden, float *act, const float *in, const float *w1, const float *b1,
-                           const float *w2, const float *b2, int N, int D, int F, tfm_act_kind kind, float p,
-                           uint64_t seed, uint64_t stream) {
-    tfm_cuda_linear_forward(hidden, in, w1, b1, N, D, F);
-    tfm_cuda_activation_dropout_forward(act, hidden, (size_t)N * F, kind, p, seed, stream);
-    tfm_cuda_linear_forward(out, act, w2, b2, N, F, D);
-}
-static void cu_ffn_backward(float *din, float *dw1, float *db1, float *dw2, float *db2, float *dact,
-                            const float *dout, const float *in, const float *hidden, const float *act,
-                            const float *w1, const float *w2, int N, int D, int F, tfm_act_kind kind, float p,
-                            uint64_t seed, uint64_t stream, int accumulate) {
-    tfm_cuda_linear_backward(dact, dw2, db2, dout, act, w2, N, F, D, 0);
-    tfm_cuda_activation_dropout_backward(dact, dact, hidden, (size_t)N * F, kind, p, seed, stream);
-    tfm_cuda_linear_backward(din, dw1, db1, dact, in, w1, N, D, F, accumulate);
-}
-
 static void fill_table(tfm_backend *t) {
     memset(t, 0, sizeof *t);
     t->name = "cuda";
@@ -503,8 +486,8 @@ static void fill_table(tfm_backend *t) {
     t->xent_forward_acc = tfm_cuda_xent_forward_acc;
     t->xent_backward = tfm_cuda_xent_backward;
     t->logits_backward = tfm_cuda_logits_backward;
-    t->ffn_forward = cu_ffn_forward;
-    t->ffn_backward = cu_ffn_backward;
+    t->ffn_forward = tfm_cuda_ffn_forward; /* ffn.cu */
+    t->ffn_backward = tfm_cuda_ffn_backward;
     t->log_softmax = tfm_cuda_log_softmax;
 }
 

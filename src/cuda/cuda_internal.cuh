@@ -239,6 +239,68 @@ void tfm_cuda_linear_backward(float *din, float *dw, float *db, const float *dou
 void tfm_cuda_logits_backward(float *din, float *dw, float *dlogits, const float *logits, const float *lse,
                               const int32_t *targets, const float *in, const float *w, int N, int D, int V,
                               int pad_id, float smoothing, float scale, int accumulate);
+/* gemm.cu's product machinery, for ops that run their own products (ffn.cu).
+ *
+ * One matrix as cuBLASLt gets it, row-major as stored: element type
+ * (CUDA_R_32F, or CUDA_R_16BF), device pointer, row stride in elements, and
+ * the pointer's alignment in bytes (tfm_cuda_ptr_align; 16 for bf16 copies). */
+typedef struct tfm_cuda_mat {
+    cudaDataType_t type;
+    const void *p;
+    int ld;
+    unsigned align;
+} tfm_cuda_mat;
+/* A product's epilogue, in our row-major terms (C[M,N] = op(A) op(B)):
+ *   CUBLASLT_EPILOGUE_DEFAULT        none;
+ *   CUBLASLT_EPILOGUE_BIAS           C[i,j] += vec[j];
+ *   CUBLASLT_EPILOGUE_RELU_AUX(_BIAS) C = relu(op(A) op(B) (+ vec[j])), mask bit (i,j) = that sum > 0;
+ *   CUBLASLT_EPILOGUE_DRELU(_BGRAD)  C = op(A) op(B) where mask bit (i,j), else 0 (vec[j] = sum over i);
+ *   CUBLASLT_EPILOGUE_BGRADB         vec[i] = sum over p of op(A)[i,p] (written, never added).
+ * (ffn.cu uses the first three; the gradient ones, measured slower than its
+ * own pass, are kept for the plan's sake: see ffn.cu.) vec: vec_type (fp32,
+ * or bf16 where cuBLASLt wants the output's type), 16-byte aligned. aux: the
+ * ReLU bit mask, one row of aux_ld bits per row of C (aux_ld a multiple of
+ * 128, >= N). */
+typedef struct tfm_cuda_epilogue {
+    cublasLtEpilogue_t kind;
+    cudaDataType_t vec_type;
+    void *vec;
+    void *aux;
+    int64_t aux_ld;
+} tfm_cuda_epilogue;
+/* C = alpha op(A) op(B) + beta C (C and D one matrix, c's type) with epilogue
+ * e (NULL: none) through cuBLASLt; M, N, K > 0; bf16 operands multiply with
+ * fp32 sums. run = 0: only says whether cuBLASLt has an algorithm for it
+ * (the plan is cached; pointers are not read, only alignments); run = 1:
+ * queues it. Returns 0, having queued nothing, when cuBLASLt refuses it. */
+int tfm_cuda_lt_matmul(int ta, int tb, int M, int N, int K, float alpha, const tfm_cuda_mat *a,
+                       const tfm_cuda_mat *b, float beta, const tfm_cuda_mat *c, const tfm_cuda_epilogue *e,
+                       int run);
+/* The largest power of two, 4 to 16, that divides p's address. */
+unsigned tfm_cuda_ptr_align(const void *p);
+/* Whether BF16 mode's bf16 copies pay for products of `flops` that convert
+ * `elements` fp32 values (gemm.cu, bf16_pays). */
+int tfm_cuda_bf16_pays(double flops, double elements);
+/* dst[r, j] = bf16(src[r, j]) (to nearest even) for r < rows, j < cols, 0 for
+ * cols <= j < ldd; src row stride lds; dst 16-byte aligned, ldd % 8 == 0. */
+void tfm_cuda_to_bf16(__nv_bfloat16 *dst, int ldd, const float *src, int rows, int cols, int lds);
+/* The bf16 copy of src [rows, cols] into gemm.cu's buffer for A (which = 0)
+ * or B (1), grown if need be, described in *op; valid until the next product
+ * that converts into the same buffer. Returns 0 when there is no memory. */
+int tfm_cuda_bf16_operand(int which, const float *src, int rows, int cols, int lds, tfm_cuda_mat *op);
+/* C[i, j] += b[j] for i < M, j < N (row stride ldc). */
+void tfm_cuda_bias_add(float *C, const float *b, int M, int N, int ldc);
+/* sums[c] += sum over rows n of x[n*C + c]: the deterministic two-pass column
+ * sums of linear_backward's bias gradient (uses tfm_cuda_scratch). */
+void tfm_cuda_colsum_add(float *sums, const float *x, int N, int C);
+/* ffn.cu: ffn_forward / ffn_backward of backend.h (see the top of ffn.cu). */
+void tfm_cuda_ffn_forward(float *out, float *hidden, float *act, const float *in, const float *w1, const float *b1,
+                          const float *w2, const float *b2, int N, int D, int F, tfm_act_kind kind, float p,
+                          uint64_t seed, uint64_t stream);
+void tfm_cuda_ffn_backward(float *din, float *dw1, float *db1, float *dw2, float *db2, float *dact,
+                           const float *dout, const float *in, const float *hidden, const float *act,
+                           const float *w1, const float *w2, int N, int D, int F, tfm_act_kind kind, float p,
+                           uint64_t seed, uint64_t stream, int accumulate);
 /* embedding.cu */
 void tfm_cuda_embedding_forward(float *out, const int32_t *ids, const float *table, int N, int D, float scale);
 void tfm_cuda_embedding_backward(float *dtable, const float *dout, const int32_t *ids, int N, int D, float scale);
@@ -304,6 +366,13 @@ void tfm_cuda_xent_backward(float *dlogits, const float *logits, const float *ls
 /* gemm.cu's bf16 copy of dlogits, made from the logits directly (see xent.cu). */
 void tfm_cuda_xent_backward_bf16(__nv_bfloat16 *dst, int ld, const float *logits, const float *lse,
                                  const int32_t *targets, int N, int V, int pad_id, float smoothing, float scale);
+/* BF16 mode's logits op (gemm.cu, logits_loss_forward): the loss over bf16
+ * logits [N, ld], and their gradient into bf16 dst [N, ld] (may alias them). */
+void tfm_cuda_xent_forward_acc_bf16(float *lse, const __nv_bfloat16 *logits, int ld, const int32_t *targets, int N,
+                                    int V, int pad_id, float smoothing, double *loss_acc);
+void tfm_cuda_xent_backward_bf16_from_bf16(__nv_bfloat16 *dst, int ld, const __nv_bfloat16 *logits, const float *lse,
+                                           const int32_t *targets, int N, int V, int pad_id, float smoothing,
+                                           float scale);
 void tfm_cuda_log_softmax(float *out, const float *logits, int N, int V);
 
 #endif

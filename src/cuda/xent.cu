@@ -55,6 +55,16 @@ __device__ __forceinline__ void acc_add4(lse_acc *a, float4 x) {
     a->sx += (x.x + x.y) + (x.z + x.w);
 }
 
+/* The block's end of a row's reductions: every thread's partial sums rescaled
+ * to the row's max and added; in every thread. */
+__device__ void row_lse_finish(const lse_acc *a, float *shf, double *shd, float *lse, double *sum_x) {
+    float mx = tfm_block_max(a->m, shf);
+    double s = a->s == 0 ? 0.0 : a->s * exp((double)a->m - (double)mx); /* threads without elements add 0 */
+    s = tfm_block_sum(s, shd);
+    *sum_x = tfm_block_sum(a->sx, shd);
+    *lse = mx + (float)log(s);
+}
+
 /* One read of the row x[V] by the block: *lse = max + (float)log(sum of exp),
  * *sum_x = the sum of the row (double); both in every thread. */
 __device__ void row_lse(const float *x, int V, float *shf, double *shd, float *lse, double *sum_x) {
@@ -70,20 +80,41 @@ __device__ void row_lse(const float *x, int V, float *shf, double *shd, float *l
     }
     if (j < n4) acc_add4(&a, x4[j]);
     for (int v = head + 4 * n4 + threadIdx.x; v < V; v += bd) acc_add1(&a, x[v]);
-
-    float mx = tfm_block_max(a.m, shf);
-    double s = a.s == 0 ? 0.0 : a.s * exp((double)a.m - (double)mx); /* threads without elements add 0 */
-    s = tfm_block_sum(s, shd);
-    *sum_x = tfm_block_sum(a.sx, shd);
-    *lse = mx + (float)log(s);
+    row_lse_finish(&a, shf, shd, lse, sum_x);
 }
 
-__global__ void xent_rows_kernel(float *lse, double *row_loss, const float *logits, const int32_t *targets, int N,
-                                 int V, int pad_id, float smoothing) {
+/* The two floats of a packed pair of bf16 (the lower address first). */
+__device__ __forceinline__ float2 bf16x2_floats(unsigned u) {
+    return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162 *>(&u));
+}
+
+/* row_lse over a row of bf16 logits (16-byte aligned: the BF16 mode's
+ * logits, rows of ld = a multiple of 8 elements): 8 elements per load. */
+__device__ void row_lse(const __nv_bfloat16 *x, int V, float *shf, double *shd, float *lse, double *sum_x) {
+    lse_acc a = {-INFINITY, 0.0, 0.0};
+    int n8 = V / 8;
+    const uint4 *x8 = (const uint4 *)x;
+    for (int j = threadIdx.x; j < n8; j += blockDim.x) {
+        uint4 u = x8[j];
+        float2 p0 = bf16x2_floats(u.x), p1 = bf16x2_floats(u.y), p2 = bf16x2_floats(u.z), p3 = bf16x2_floats(u.w);
+        acc_add4(&a, make_float4(p0.x, p0.y, p1.x, p1.y));
+        acc_add4(&a, make_float4(p2.x, p2.y, p3.x, p3.y));
+    }
+    for (int v = 8 * n8 + threadIdx.x; v < V; v += blockDim.x) acc_add1(&a, __bfloat162float(x[v]));
+    row_lse_finish(&a, shf, shd, lse, sum_x);
+}
+
+/* Row n of logits (T: float, or bf16 in BF16 mode's logits op) at row stride ld. */
+__device__ __forceinline__ float logit_at(const float *x, int v) { return x[v]; }
+__device__ __forceinline__ float logit_at(const __nv_bfloat16 *x, int v) { return __bfloat162float(x[v]); }
+
+template <typename T>
+__global__ void xent_rows_kernel(float *lse, double *row_loss, const T *logits, int ld, const int32_t *targets,
+                                 int N, int V, int pad_id, float smoothing) {
     __shared__ float shf[32];
     __shared__ double shd[32];
     for (int n = blockIdx.x; n < N; n += gridDim.x) {
-        const float *x = logits + (long)n * V;
+        const T *x = logits + (long)n * ld;
         float l;
         double sum_x;
         row_lse(x, V, shf, shd, &l, &sum_x);
@@ -94,7 +125,7 @@ __global__ void xent_rows_kernel(float *lse, double *row_loss, const float *logi
                 row_loss[n] = 0;
                 row_loss[N + n] = 0; /* counts nothing */
             } else {
-                double nll = (double)l - x[t];
+                double nll = (double)l - logit_at(x, t);
                 /* -mean_v log p_v = -(sum_v x_v - V lse) / V */
                 double smooth = smoothing > 0 ? -(sum_x - (double)V * l) / V : 0.0;
                 row_loss[n] = (1.0 - smoothing) * nll + smoothing * smooth;
@@ -135,7 +166,7 @@ double tfm_cuda_xent_forward(float *lse, const float *logits, const int32_t *tar
     if (N <= 0) return 0.0;
     double *ws = (double *)tfm_cuda_scratch(((size_t)2 * N + 2) * sizeof(double));
     cudaStream_t st = tfm_cuda_stream();
-    xent_rows_kernel<<<row_grid(N), XENT_THREADS, 0, st>>>(lse, ws, logits, targets, N, V, pad_id, smoothing);
+    xent_rows_kernel<<<row_grid(N), XENT_THREADS, 0, st>>>(lse, ws, logits, V, targets, N, V, pad_id, smoothing);
     TFM_CUDA_LAUNCHED();
     xent_total_kernel<<<1, 1024, 0, st>>>(ws + 2 * (size_t)N, ws, N, 0);
     TFM_CUDA_LAUNCHED();
@@ -146,17 +177,31 @@ double tfm_cuda_xent_forward(float *lse, const float *logits, const int32_t *tar
     return res[0];
 }
 
+/* Saves lse[N] and adds the summed loss to *loss_acc (device); queued. */
+template <typename T>
+static void xent_acc(float *lse, const T *logits, int ld, const int32_t *targets, int N, int V, int pad_id,
+                     float smoothing, double *loss_acc) {
+    if (N <= 0) return;
+    double *ws = (double *)tfm_cuda_scratch((size_t)2 * N * sizeof(double));
+    cudaStream_t st = tfm_cuda_stream();
+    xent_rows_kernel<<<row_grid(N), XENT_THREADS, 0, st>>>(lse, ws, logits, ld, targets, N, V, pad_id, smoothing);
+    TFM_CUDA_LAUNCHED();
+    xent_total_kernel<<<1, 1024, 0, st>>>(loss_acc, ws, N, 1);
+    TFM_CUDA_LAUNCHED();
+}
+
 /* xent_forward_acc (backend.h): the same sum added to *loss_acc (device),
  * queued without waiting. */
 void tfm_cuda_xent_forward_acc(float *lse, const float *logits, const int32_t *targets, int N, int V, int pad_id,
                                float smoothing, double *loss_acc) {
-    if (N <= 0) return;
-    double *ws = (double *)tfm_cuda_scratch((size_t)2 * N * sizeof(double));
-    cudaStream_t st = tfm_cuda_stream();
-    xent_rows_kernel<<<row_grid(N), XENT_THREADS, 0, st>>>(lse, ws, logits, targets, N, V, pad_id, smoothing);
-    TFM_CUDA_LAUNCHED();
-    xent_total_kernel<<<1, 1024, 0, st>>>(loss_acc, ws, N, 1);
-    TFM_CUDA_LAUNCHED();
+    xent_acc(lse, logits, V, targets, N, V, pad_id, smoothing, loss_acc);
+}
+
+/* The same over bf16 logits [N, ld] (ld a multiple of 8, rows 16-byte aligned). */
+void tfm_cuda_xent_forward_acc_bf16(float *lse, const __nv_bfloat16 *logits, int ld, const int32_t *targets, int N,
+                                    int V, int pad_id, float smoothing, double *loss_acc) {
+    TFM_CUDA_ASSERT(ld >= V && ld % 8 == 0 && (uintptr_t)logits % 16 == 0);
+    xent_acc(lse, logits, ld, targets, N, V, pad_id, smoothing, loss_acc);
 }
 
 /* vec: dlogits - logits is a multiple of 16 bytes, so the rows of both reach a
@@ -220,12 +265,35 @@ __device__ __forceinline__ unsigned xent_bf16x2(float lo, float hi) {
  * store; two float4 loads when the row of logits is 16-byte aligned (V % 4
  * == 0 on an aligned buffer, the model's 37000), else 8 scalar loads (and at
  * the end of a row). logits is only read. */
-__global__ void xent_backward_bf16_kernel(__nv_bfloat16 *dst, int ld, const float *logits, const float *lse,
+/* Eight logits v0..v0+7 of row x (zeros past V): fp32 rows (ld V) as two
+ * float4 loads when aligned, else one at a time. */
+__device__ __forceinline__ void load8(float (&g)[8], const float *x, int v0, int V) {
+    if (((uintptr_t)x & 15) == 0 && v0 + 8 <= V) {
+        float4 lo = ((const float4 *)(x + v0))[0], hi = ((const float4 *)(x + v0))[1];
+        g[0] = lo.x, g[1] = lo.y, g[2] = lo.z, g[3] = lo.w;
+        g[4] = hi.x, g[5] = hi.y, g[6] = hi.z, g[7] = hi.w;
+    } else {
+#pragma unroll
+        for (int u = 0; u < 8; u++) g[u] = v0 + u < V ? x[v0 + u] : 0.0f;
+    }
+}
+/* bf16 rows (ld a multiple of 8, 16-byte aligned): one 16-byte load; the
+ * columns past V are masked by the caller. */
+__device__ __forceinline__ void load8(float (&g)[8], const __nv_bfloat16 *x, int v0, int V) {
+    uint4 u = *(const uint4 *)(x + v0);
+    float2 p0 = bf16x2_floats(u.x), p1 = bf16x2_floats(u.y), p2 = bf16x2_floats(u.z), p3 = bf16x2_floats(u.w);
+    g[0] = p0.x, g[1] = p0.y, g[2] = p1.x, g[3] = p1.y, g[4] = p2.x, g[5] = p2.y, g[6] = p3.x, g[7] = p3.y;
+}
+
+/* T: float logits [N, V], or bf16 logits [N, ld] (dst may then alias them:
+ * each thread reads its 8 columns before it writes them). */
+template <typename T>
+__global__ void xent_backward_bf16_kernel(__nv_bfloat16 *dst, int ld, const T *logits, int ld_in, const float *lse,
                                           const int32_t *targets, int N, int V, int pad_id, float smoothing,
                                           float scale) {
     int bd = (int)blockDim.x, chunks = ld / 8;
     for (int n = blockIdx.x; n < N; n += gridDim.x) {
-        const float *x = logits + (long)n * V;
+        const T *x = logits + (long)n * ld_in;
         uint4 *d = (uint4 *)(dst + (long)n * ld);
         int t = targets[n];
         if (t == pad_id) { /* pad rows are 0, unread */
@@ -233,18 +301,10 @@ __global__ void xent_backward_bf16_kernel(__nv_bfloat16 *dst, int ld, const floa
             continue;
         }
         float uniform = smoothing / V, l = lse[n], hit = scale * (1 - smoothing);
-        int vec = ((uintptr_t)x & 15) == 0;
         for (int c = threadIdx.x; c < chunks; c += bd) {
             int v0 = 8 * c;
             float g[8];
-            if (vec && v0 + 8 <= V) {
-                float4 lo = ((const float4 *)(x + v0))[0], hi = ((const float4 *)(x + v0))[1];
-                g[0] = lo.x, g[1] = lo.y, g[2] = lo.z, g[3] = lo.w;
-                g[4] = hi.x, g[5] = hi.y, g[6] = hi.z, g[7] = hi.w;
-            } else {
-#pragma unroll
-                for (int u = 0; u < 8; u++) g[u] = v0 + u < V ? x[v0 + u] : 0.0f;
-            }
+            load8(g, x, v0, V);
             /* The CPU's two roundings (as xent_backward_kernel), then bf16's. */
 #pragma unroll
             for (int u = 0; u < 8; u++) {
@@ -265,7 +325,19 @@ void tfm_cuda_xent_backward_bf16(__nv_bfloat16 *dst, int ld, const float *logits
                                  const int32_t *targets, int N, int V, int pad_id, float smoothing, float scale) {
     if (N <= 0) return;
     TFM_CUDA_ASSERT(ld == ((V + 7) & ~7) && (uintptr_t)dst % 16 == 0);
-    xent_backward_bf16_kernel<<<row_grid(N), XENT_THREADS, 0, tfm_cuda_stream()>>>(dst, ld, logits, lse, targets,
+    xent_backward_bf16_kernel<<<row_grid(N), XENT_THREADS, 0, tfm_cuda_stream()>>>(dst, ld, logits, V, lse, targets,
+                                                                                   N, V, pad_id, smoothing, scale);
+    TFM_CUDA_LAUNCHED();
+}
+
+/* The same from bf16 logits [N, ld] (logits_loss_forward's in BF16 mode);
+ * dst may alias logits. */
+void tfm_cuda_xent_backward_bf16_from_bf16(__nv_bfloat16 *dst, int ld, const __nv_bfloat16 *logits, const float *lse,
+                                           const int32_t *targets, int N, int V, int pad_id, float smoothing,
+                                           float scale) {
+    if (N <= 0) return;
+    TFM_CUDA_ASSERT(ld >= V && ld % 8 == 0 && (uintptr_t)dst % 16 == 0 && (uintptr_t)logits % 16 == 0);
+    xent_backward_bf16_kernel<<<row_grid(N), XENT_THREADS, 0, tfm_cuda_stream()>>>(dst, ld, logits, ld, lse, targets,
                                                                                    N, V, pad_id, smoothing, scale);
     TFM_CUDA_LAUNCHED();
 }
