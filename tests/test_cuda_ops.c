@@ -1214,7 +1214,7 @@ static void test_logits_backward(int N, int D, int V, int bf16, int pays, int ac
     int32_t *d_t = dput(t, (size_t)N * sizeof *t);
     CHECK(G->set_matmul_precision(bf16 ? TFM_MATMUL_BF16 : TFM_MATMUL_FP32), "precision refused");
     G->logits_backward(d_din, d_dw, d_logits, d_logits, d_lse, d_t, d_in, d_w, N, D, V, pad_id, smoothing, scale,
-                       acc);
+                       acc, 0);
     double tol = bf16 && !pays ? 1e-2 : TOL;
     if (bf16 && pays) {
         float *g = hnan(nv);
@@ -1223,7 +1223,7 @@ static void test_logits_backward(int N, int D, int V, int bf16, int pays, int ac
         C->linear_backward(din, dw, NULL, rg, rin, rw, N, D, V, acc);
         free(g), free(rg), free(rin), free(rw);
     } else {
-        C->logits_backward(din, dw, logits, logits, lse, t, in, w, N, D, V, pad_id, smoothing, scale, acc);
+        C->logits_backward(din, dw, logits, logits, lse, t, in, w, N, D, V, pad_id, smoothing, scale, acc, 0);
     }
     char name[96];
     const char *mode = bf16 ? (pays ? "bf16 direct" : "bf16 few rows") : "fp32";
@@ -1238,6 +1238,86 @@ static void test_logits_backward(int N, int D, int V, int bf16, int pays, int ac
     CHECK(G->set_matmul_precision(TFM_MATMUL_FP32), "fp32 mode refused");
     G->free(d_logits), G->free(d_in), G->free(d_w), G->free(d_lse), G->free(d_din), G->free(d_dw), G->free(d_t);
     free(logits), free(in), free(w), free(din), free(dw), free(t), free(lse);
+}
+
+/* logits_loss_forward, then logits_backward on its (packed) logits, against
+ * the CPU's compositions: the summed loss (added to a preset accumulator),
+ * lse, din (= or +=) and dw (+=). fp32 mode: the fp32 logits, within TOL.
+ * BF16 mode where the copies pay (`packed`: bf16 logits padded to 64
+ * columns, the gradient written over them): against the CPU on in and w
+ * rounded to bf16, the logits rounded to bf16 (the product's output) and the
+ * gradient rounded to bf16 (the backward's): the loss within 1e-4, lse within
+ * 1e-3 (the GPU's fp32 sums and the CPU's differ in the last bits, so now and
+ * then a logit rounds to the neighbouring bf16 value: near 8 that is 2^-5
+ * apart, and its row's lse moves by up to its probability times that), din
+ * and dw within 1e-2 (one element of the gradient a bf16 ulp, 2^-8, off). BF16 with few rows: the composition on FAST_16BF, within 1e-2 of
+ * the unrounded CPU. TFM_VOCAB_PAD=8 as well: the padding is only the
+ * layout. V = 1001 (not a multiple of 8 or 64) and the model's 37000. */
+static void test_logits_loss(int N, int D, int V, int bf16, int packed, int acc, const char *pad) {
+    int pad_id = 1;
+    float smoothing = 0.1f, scale = 0.5f;
+    size_t nv = (size_t)N * V, nd = (size_t)N * D, vd = (size_t)V * D;
+    float *in = hrand(nd, -1, 1), *w = hrand(vd, -0.5f, 0.5f);
+    float *din = acc ? hrand(nd, -0.5f, 0.5f) : hnan(nd), *dw = hrand(vd, -0.5f, 0.5f);
+    int32_t *t = hids(N, V);
+    for (int n = 0; n < N; n += 7) t[n] = pad_id;
+    t[3] = 0, t[4] = V - 1;
+    float *nan_lse = hnan(N);
+    float *d_logits = (float *)G->alloc(nv * sizeof(float)); /* zero-filled */
+    float *d_in = dputf(in, nd), *d_w = dputf(w, vd), *d_lse = dputf(nan_lse, N);
+    free(nan_lse);
+    float *d_din = dputf(din, nd), *d_dw = dputf(dw, vd);
+    int32_t *d_t = dput(t, (size_t)N * sizeof *t);
+    double acc0 = 0.25, lg = acc0, *d_acc = (double *)dput(&acc0, sizeof acc0);
+    if (pad) setenv("TFM_VOCAB_PAD", pad, 1);
+    CHECK(G->set_matmul_precision(bf16 ? TFM_MATMUL_BF16 : TFM_MATMUL_FP32), "precision refused");
+    G->logits_loss_forward(d_logits, d_lse, d_acc, d_in, d_w, d_t, N, D, V, pad_id, smoothing);
+    G->download(&lg, d_acc, sizeof lg);
+    G->logits_backward(d_din, d_dw, d_logits, d_logits, d_lse, d_t, d_in, d_w, N, D, V, pad_id, smoothing, scale,
+                       acc, 1);
+    if (pad) unsetenv("TFM_VOCAB_PAD");
+    /* The path taken: packed bf16 rows fill at most half the buffer, so its last float is still 0. */
+    float last;
+    G->download(&last, d_logits + nv - 1, sizeof last);
+    CHECK((last == 0.0f) == (packed != 0), "logits_loss %dx%d V=%d: expected the %s path", N, D, V,
+          packed ? "packed" : "fp32");
+    /* The CPU: the same roundings where the GPU packs. */
+    float *rin = packed ? hround(in, nd) : in, *rw = packed ? hround(w, vd) : w;
+    float *logits = hnan(nv), *lse = hnan(N), *g = hnan(nv);
+    double lc = acc0;
+    C->logits_loss_forward(logits, lse, &lc, rin, rw, t, N, D, V, pad_id, smoothing);
+    if (packed) {
+        float *r = hround(logits, nv);
+        long count;
+        lc = acc0 + C->xent_forward(lse, r, t, N, V, pad_id, smoothing, &count);
+        free(logits), logits = r;
+    }
+    C->xent_backward(g, logits, lse, t, N, V, pad_id, smoothing, scale);
+    float *rg = packed ? hround(g, nv) : g;
+    C->linear_backward(din, dw, NULL, rg, rin, rw, N, D, V, acc);
+    char name[128];
+    const char *mode = bf16 ? (packed ? "bf16 packed" : "bf16 few rows") : "fp32";
+    double tol = bf16 ? 1e-2 : TOL, tol_loss = TOL, tol_lse = bf16 ? 1e-3 : TOL;
+    float lgf = (float)lg, lcf = (float)lc;
+    snprintf(name, sizeof name, "logits_loss %dx%d V=%d pad=%s %s loss", N, D, V, pad ? pad : "64", mode);
+    (void)tfm_test_close(name, &lgf, &lcf, 1, tol_loss);
+    float *got = dget(d_lse, N);
+    snprintf(name, sizeof name, "logits_loss %dx%d V=%d pad=%s %s lse", N, D, V, pad ? pad : "64", mode);
+    (void)tfm_test_close(name, got, lse, N, tol_lse);
+    free(got);
+    got = dget(d_din, nd);
+    snprintf(name, sizeof name, "logits_loss %dx%d V=%d acc=%d %s din", N, D, V, acc, mode);
+    (void)tfm_test_close(name, got, din, nd, tol);
+    free(got);
+    got = dget(d_dw, vd);
+    snprintf(name, sizeof name, "logits_loss %dx%d V=%d acc=%d %s dw", N, D, V, acc, mode);
+    (void)tfm_test_close(name, got, dw, vd, tol);
+    free(got);
+    CHECK(G->set_matmul_precision(TFM_MATMUL_FP32), "fp32 mode refused");
+    if (packed) free(rin), free(rw), free(rg);
+    G->free(d_logits), G->free(d_in), G->free(d_w), G->free(d_lse), G->free(d_din), G->free(d_dw), G->free(d_t);
+    G->free(d_acc);
+    free(logits), free(in), free(w), free(din), free(dw), free(t), free(lse), free(g);
 }
 
 /* -------------------------------------------------------------------- FFN */
@@ -1638,6 +1718,13 @@ int main(void) {
     }
     test_logits_backward(23, 40, 37000, 0, 0, 1);
     test_logits_backward(301, 256, 37000, 1, 1, 1);
+    for (int acc = 0; acc < 2; acc++) {
+        test_logits_loss(37, 72, 1001, 0, 0, acc, NULL);
+        test_logits_loss(37, 72, 1001, 1, 0, acc, NULL);    /* few rows: the composition */
+        test_logits_loss(600, 520, 1001, 1, 1, acc, NULL);  /* packed (the copies pay), 1001 -> 1024 columns */
+    }
+    test_logits_loss(600, 520, 1001, 1, 1, 1, "8");         /* packed, 1008 columns */
+    test_logits_loss(301, 256, 37000, 1, 1, 0, NULL);       /* the model's vocabulary: 37056 columns */
     test_log_softmax();
     test_ffn();
     if (atoi(tfm_test_env("TFM_CUDA_OPS_TIME", "0"))) time_ops();

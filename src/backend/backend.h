@@ -165,6 +165,18 @@ typedef struct tfm_backend {
                              float smoothing, double *loss_acc);
     void (*xent_backward)(float *dlogits, const float *logits, const float *lse, const int32_t *targets, int N,
                           int V, int pad_id, float smoothing, float scale);
+    /* A training forward's end, the logits and their loss, as one op: the
+     * composition
+     *   linear_forward(logits, in, w, NULL, N, D, V);
+     *   xent_forward_acc(lse, logits, targets, N, V, pad_id, smoothing, loss_acc);
+     * except that logits[N,V] is left in a format of the backend's own, which
+     * only logits_backward reads, and may overwrite (called with packed = 1:
+     * the logits are consumed; one backward per forward): the CPU writes the
+     * fp32 logits; CUDA in BF16 mode writes bf16 logits with rows padded to a
+     * multiple of 64 (the product's output and the loss's input at half the
+     * bytes, and a vocabulary the tensor-core tiles divide). */
+    void (*logits_loss_forward)(float *logits, float *lse, double *loss_acc, const float *in, const float *w,
+                                const int32_t *targets, int N, int D, int V, int pad_id, float smoothing);
     /* The logits' backward, the end of a training step's: the composition
      *   xent_backward(dlogits, logits, lse, targets, N, V, pad_id, smoothing, scale);
      *   linear_backward(din, dw, NULL, dlogits, in, w, N, D, V, accumulate);
@@ -174,10 +186,12 @@ typedef struct tfm_backend {
      * be NULL. On return dlogits' contents are unspecified: a backend may
      * never write it (CUDA in BF16 mode writes a bf16 copy of the gradient
      * instead and multiplies that), or write it (the CPU: the composition
-     * itself). Its buffer is still needed, as scratch. */
+     * itself). Its buffer is still needed, as scratch. packed: 1 when logits
+     * are logits_loss_forward's (the backend's format), 0 when they are fp32
+     * logits (linear_forward's). */
     void (*logits_backward)(float *din, float *dw, float *dlogits, const float *logits, const float *lse,
                             const int32_t *targets, const float *in, const float *w, int N, int D, int V,
-                            int pad_id, float smoothing, float scale, int accumulate);
+                            int pad_id, float smoothing, float scale, int accumulate, int packed);
     void (*log_softmax)(float *out, const float *logits, int N, int V);
 } tfm_backend;
 

@@ -17,10 +17,17 @@ static void cpu_zero(void *dst, size_t bytes) {
     if (bytes) memset(dst, 0, bytes);
 }
 static void cpu_sync(void) {}
-/* logits_backward (backend.h): exactly the composition it is defined as. */
+/* logits_loss_forward and logits_backward (backend.h): exactly the
+ * compositions they are defined as; the CPU's logits are always fp32. */
+static void cpu_logits_loss_forward(float *logits, float *lse, double *loss_acc, const float *in, const float *w,
+                                    const int32_t *targets, int N, int D, int V, int pad_id, float smoothing) {
+    long count;
+    tfm_linear_forward(logits, in, w, NULL, N, D, V);
+    *loss_acc += tfm_xent_forward(lse, logits, targets, N, V, pad_id, smoothing, &count);
+}
 static void cpu_logits_backward(float *din, float *dw, float *dlogits, const float *logits, const float *lse,
                                 const int32_t *targets, const float *in, const float *w, int N, int D, int V,
-                                int pad_id, float smoothing, float scale, int accumulate) {
+                                int pad_id, float smoothing, float scale, int accumulate, int packed) {
     tfm_xent_backward(dlogits, logits, lse, targets, N, V, pad_id, smoothing, scale);
     tfm_linear_backward(din, dw, NULL, dlogits, in, w, N, D, V, accumulate);
 }
@@ -150,6 +157,7 @@ static const tfm_backend cpu_backend = {
     .xent_forward = tfm_xent_forward,
     .xent_forward_acc = cpu_xent_forward_acc,
     .xent_backward = tfm_xent_backward,
+    .logits_loss_forward = cpu_logits_loss_forward,
     .logits_backward = cpu_logits_backward,
     .ffn_forward = cpu_ffn_forward,
     .ffn_backward = cpu_ffn_backward,

@@ -485,6 +485,7 @@ static void fill_table(tfm_backend *t) {
     t->xent_forward = tfm_cuda_xent_forward;
     t->xent_forward_acc = tfm_cuda_xent_forward_acc;
     t->xent_backward = tfm_cuda_xent_backward;
+    t->logits_loss_forward = tfm_cuda_logits_loss_forward;
     t->logits_backward = tfm_cuda_logits_backward;
     t->ffn_forward = tfm_cuda_ffn_forward; /* ffn.cu */
     t->ffn_backward = tfm_cuda_ffn_backward;

@@ -238,7 +238,12 @@ void tfm_cuda_linear_backward(float *din, float *dw, float *db, const float *dou
  * tfm_cuda_linear_backward. */
 void tfm_cuda_logits_backward(float *din, float *dw, float *dlogits, const float *logits, const float *lse,
                               const int32_t *targets, const float *in, const float *w, int N, int D, int V,
-                              int pad_id, float smoothing, float scale, int accumulate);
+                              int pad_id, float smoothing, float scale, int accumulate, int packed);
+/* logits_loss_forward (backend.h): in BF16 mode, where the copies pay, bf16
+ * logits with rows padded to 64 (TFM_VOCAB_PAD), noted per buffer for
+ * logits_backward; otherwise the composition (fp32 logits). */
+void tfm_cuda_logits_loss_forward(float *logits, float *lse, double *loss_acc, const float *in, const float *w,
+                                  const int32_t *targets, int N, int D, int V, int pad_id, float smoothing);
 /* gemm.cu's product machinery, for ops that run their own products (ffn.cu).
  *
  * One matrix as cuBLASLt gets it, row-major as stored: element type

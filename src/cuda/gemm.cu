@@ -778,9 +778,20 @@ void tfm_cuda_linear_backward(float *din, float *dw, float *db, const float *dou
  * cannot run on the copy (cuBLASLt refuses it), the fp32 dlogits is made
  * after all and that product runs on it. Otherwise, and in the fp32 and tf32
  * modes: the composition. */
+static void logits_backward_packed(float *din, float *dw, float *dlogits, const float *logits, const float *lse,
+                                   const int32_t *targets, const float *in, const float *w, int N, int D, int V,
+                                   int ldv, int pad_id, float smoothing, float scale, int accumulate);
+static int packed_note_ld(const float *logits, int N, int D, int V);
+
 void tfm_cuda_logits_backward(float *din, float *dw, float *dlogits, const float *logits, const float *lse,
                               const int32_t *targets, const float *in, const float *w, int N, int D, int V,
-                              int pad_id, float smoothing, float scale, int accumulate) {
+                              int pad_id, float smoothing, float scale, int accumulate, int packed) {
+    int ldv = packed ? packed_note_ld(logits, N, D, V) : 0;
+    if (ldv) {
+        logits_backward_packed(din, dw, dlogits, logits, lse, targets, in, w, N, D, V, ldv, pad_id, smoothing,
+                               scale, accumulate);
+        return;
+    }
     int direct = 0;
     lt_operand d16 = {CUDA_R_16BF, NULL, bf16_ld(V), 16};
     if (g_bf16 && N > 0 && D > 0 && V > 0 && (din || dw)) {
@@ -805,4 +816,135 @@ void tfm_cuda_logits_backward(float *din, float *dw, float *dlogits, const float
     tfm_cuda_xent_backward(dlogits, logits, lse, targets, N, V, pad_id, smoothing, scale);
     if (din_left) gemm_bias(0, 0, N, D, V, 1.0f, dlogits, V, w, D, beta, din, D, NULL, NULL);
     if (dw_left) gemm_bias(1, 0, V, D, N, 1.0f, dlogits, V, in, D, 1.0f, dw, D, NULL, NULL);
+}
+
+/* ------------------------------------------- the logits op, BF16 mode */
+
+/* logits_loss_forward (backend.h). In BF16 mode, where the bf16 copies pay,
+ * the logits are "packed": bf16 rows of ldv = V rounded up to
+ * LOGITS_PAD_DEFAULT (TFM_VOCAB_PAD in the environment: another multiple of
+ * 8), written by the product itself (bf16 output) into the logits buffer
+ * (N ldv 2 bytes <= its N V 4), against a bf16 copy of the generator with
+ * zero rows V..ldv-1, so the padding columns are 0; the loss reads them
+ * (tfm_cuda_xent_forward_acc_bf16) and logits_backward turns them into the
+ * bf16 gradient in place. Against the composition (fp32 logits, 3.8 GB for
+ * the base model's step, written by the product, read by the loss, read
+ * again by the backward) that halves the bytes of all three; and the product
+ * runs over a vocabulary that cuBLASLt's tiles divide (37,000 is not a
+ * multiple of 64; issue 5 measured its kernels at ~570 TFLOP/s there against
+ * ~700 at multiples of 64). PyTorch's autocast rounds its logits to bf16 too
+ * (a bf16 linear); the loss is then summed in fp32/double as ever.
+ * Which layout the forward wrote is noted per logits buffer (the backward
+ * reads it back): the packed path can be declined by cuBLASLt or for lack of
+ * memory, and then the composition's fp32 logits are what is there. */
+#define LOGITS_PAD_DEFAULT 64
+
+static int logits_pad(void) {
+    const char *v = getenv("TFM_VOCAB_PAD");
+    int p = v ? atoi(v) : LOGITS_PAD_DEFAULT;
+    return p >= 8 && p % 8 == 0 ? p : LOGITS_PAD_DEFAULT;
+}
+
+/* The packed layouts written, by logits buffer (a trainer has one; tests a few). */
+typedef struct packed_note {
+    const float *logits;
+    int N, D, V, ldv; /* ldv 0: the last forward into this buffer wrote fp32 logits */
+} packed_note;
+#define PACKED_NOTES 16
+static packed_note g_packed[PACKED_NOTES];
+static int g_packed_next;
+
+static void packed_note_set(const float *logits, int N, int D, int V, int ldv) {
+    packed_note *n = NULL;
+    for (int i = 0; i < PACKED_NOTES && !n; i++)
+        if (g_packed[i].logits == logits) n = &g_packed[i];
+    if (!n) n = &g_packed[g_packed_next++ % PACKED_NOTES];
+    n->logits = logits, n->N = N, n->D = D, n->V = V, n->ldv = ldv;
+}
+
+/* ldv of the packed logits in this buffer for these sizes, or 0 (fp32). */
+static int packed_note_ld(const float *logits, int N, int D, int V) {
+    for (int i = 0; i < PACKED_NOTES; i++) {
+        const packed_note *n = &g_packed[i];
+        if (n->logits == logits) return n->N == N && n->D == D && n->V == V ? n->ldv : 0;
+    }
+    return 0;
+}
+
+/* The generator's bf16 copy [ldv, D] (row stride bf16_ld(D)) in g_bf16_b,
+ * rows V..ldv-1 zero. Returns 0 when there is no memory for it. */
+static int generator_bf16(const float *w, int V, int D, int ldv, lt_operand *op) {
+    int ldd = bf16_ld(D);
+    if (!bf16_reserve(&g_bf16_b, (size_t)ldv * ldd * sizeof(__nv_bfloat16))) return 0;
+    tfm_cuda_to_bf16(g_bf16_b.p, ldd, w, V, D, D);
+    if (ldv > V)
+        TFM_CUDA_CHECK(cudaMemsetAsync(g_bf16_b.p + (size_t)V * ldd, 0,
+                                       (size_t)(ldv - V) * ldd * sizeof(__nv_bfloat16), tfm_cuda_stream()));
+    op->type = CUDA_R_16BF, op->p = g_bf16_b.p, op->ld = ldd, op->align = 16;
+    return 1;
+}
+
+void tfm_cuda_logits_loss_forward(float *logits, float *lse, double *loss_acc, const float *in, const float *w,
+                                  const int32_t *targets, int N, int D, int V, int pad_id, float smoothing) {
+    int p = logits_pad(), ldv = (V + p - 1) / p * p;
+    int packed = g_bf16 && N > 0 && D > 0 && V > 0 && ldv <= 2 * V && ptr_align(logits) == 16 &&
+                 bf16_pays(2.0 * N * D * V, (double)N * D + (double)V * D);
+    lt_operand a = {CUDA_R_16BF, NULL, bf16_ld(D), 16}, b = a, c = {CUDA_R_16BF, logits, ldv, 16};
+    /* logits16[N, ldv] = in16[N, D] w16[ldv, D]^T */
+    packed = packed && plan_get(CUBLAS_COMPUTE_32F, 0, 1, N, ldv, D, &a, &b, &c, NULL)->has_algo &&
+             to_bf16(&g_bf16_a, in, N, D, D, &a) && generator_bf16(w, V, D, ldv, &b) &&
+             lt_matmul(CUBLAS_COMPUTE_32F, 0, 1, N, ldv, D, 1.0f, &a, &b, 0.0f, &c, NULL);
+    packed_note_set(logits, N, D, V, packed ? ldv : 0);
+    if (packed) {
+        tfm_cuda_xent_forward_acc_bf16(lse, (const __nv_bfloat16 *)logits, ldv, targets, N, V, pad_id, smoothing,
+                                       loss_acc);
+        return;
+    }
+    tfm_cuda_linear_forward(logits, in, w, NULL, N, D, V);
+    tfm_cuda_xent_forward_acc(lse, logits, targets, N, V, pad_id, smoothing, loss_acc);
+}
+
+/* dst[r, j] = src[r, j] widened to fp32, r < rows, j < cols (row strides ldd, lds). */
+__global__ void widen_rows_kernel(float *dst, int ldd, const __nv_bfloat16 *src, int lds, int rows, int cols) {
+    for (long e = blockIdx.x * (long)blockDim.x + threadIdx.x; e < (long)rows * cols;
+         e += (long)gridDim.x * blockDim.x) {
+        long r = e / cols, j = e - r * cols;
+        dst[r * ldd + j] = __bfloat162float(src[r * lds + j]);
+    }
+}
+
+/* logits_backward on packed logits: the bf16 gradient written over them
+ * (packed logits are consumed: backend.h; dlogits is not used), then din[N,D] (=/+=) g16[N,ldv]
+ * w16[ldv,D] (zero rows past V) and dw[V,D] += g16^T[V,N] in16[N,D]. Where
+ * cuBLASLt refuses one of those products (the fp32 outputs' alignment), that
+ * product runs on fp32 rows widened from g16, a chunk of rows at a time in
+ * the scratch buffer (no fp32 copy of the whole gradient exists). */
+static void logits_backward_packed(float *din, float *dw, float *dlogits, const float *logits, const float *lse,
+                                   const int32_t *targets, const float *in, const float *w, int N, int D, int V,
+                                   int ldv, int pad_id, float smoothing, float scale, int accumulate) {
+    __nv_bfloat16 *g16 = (__nv_bfloat16 *)logits; /* 16-byte aligned: the forward checked */
+    tfm_cuda_xent_backward_bf16_from_bf16(g16, ldv, g16, lse, targets, N, V, pad_id, smoothing, scale);
+    lt_operand g = {CUDA_R_16BF, g16, ldv, 16}, w16, in16;
+    float beta = accumulate ? 1.0f : 0.0f;
+    int din_left = din != NULL, dw_left = dw != NULL;
+    if (din && generator_bf16(w, V, D, ldv, &w16)) {
+        lt_operand c = {CUDA_R_32F, din, D, ptr_align(din)};
+        din_left = !lt_matmul(CUBLAS_COMPUTE_32F, 0, 0, N, D, ldv, 1.0f, &g, &w16, beta, &c, NULL);
+    }
+    if (dw && to_bf16(&g_bf16_a, in, N, D, D, &in16)) {
+        lt_operand c = {CUDA_R_32F, dw, D, ptr_align(dw)};
+        dw_left = !lt_matmul(CUBLAS_COMPUTE_32F, 1, 0, V, D, N, 1.0f, &g, &in16, 1.0f, &c, NULL);
+    }
+    if (!din_left && !dw_left) return;
+    int rows = (int)(((size_t)64 << 20) / ((size_t)V * sizeof(float)));
+    if (rows < 1) rows = 1;
+    for (int r0 = 0; r0 < N; r0 += rows) {
+        int R = N - r0 < rows ? N - r0 : rows;
+        float *s = (float *)tfm_cuda_scratch((size_t)R * V * sizeof(float));
+        widen_rows_kernel<<<tfm_cuda_blocks((size_t)R * V, TFM_CUDA_THREADS), TFM_CUDA_THREADS, 0,
+                            tfm_cuda_stream()>>>(s, V, g16 + (size_t)r0 * ldv, ldv, R, V);
+        TFM_CUDA_LAUNCHED();
+        if (din_left) gemm_bias(0, 0, R, D, V, 1.0f, s, V, w, D, beta, din + (size_t)r0 * D, D, NULL, NULL);
+        if (dw_left) gemm_bias(1, 0, V, D, R, 1.0f, s, V, in + (size_t)r0 * D, D, 1.0f, dw, D, NULL, NULL);
+    }
 }

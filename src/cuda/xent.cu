@@ -44,14 +44,23 @@ __device__ __forceinline__ void acc_max(lse_acc *a, float mx) {
         a->m = mx;
     }
 }
+/* exp(x): expf, or with FAST the hardware's ex2.approx on x log2(e)
+ * (__expf: ~2 ulp, and the rounding of x log2(e)), for logits that are
+ * bf16 already (their own rounding is 2^-9 relative): the bf16 loss is
+ * bound by these exponentials, not by its 1.9 GB of memory, with expf. */
+template <bool FAST>
+__device__ __forceinline__ float exp_(float x) { return FAST ? __expf(x) : expf(x); }
+
+template <bool FAST = false>
 __device__ __forceinline__ void acc_add1(lse_acc *a, float x) {
     acc_max(a, x);
-    a->s += expf(x - a->m);
+    a->s += exp_<FAST>(x - a->m);
     a->sx += x;
 }
+template <bool FAST = false>
 __device__ __forceinline__ void acc_add4(lse_acc *a, float4 x) {
     acc_max(a, fmaxf(fmaxf(x.x, x.y), fmaxf(x.z, x.w)));
-    a->s += (expf(x.x - a->m) + expf(x.y - a->m)) + (expf(x.z - a->m) + expf(x.w - a->m));
+    a->s += (exp_<FAST>(x.x - a->m) + exp_<FAST>(x.y - a->m)) + (exp_<FAST>(x.z - a->m) + exp_<FAST>(x.w - a->m));
     a->sx += (x.x + x.y) + (x.z + x.w);
 }
 
@@ -89,7 +98,8 @@ __device__ __forceinline__ float2 bf16x2_floats(unsigned u) {
 }
 
 /* row_lse over a row of bf16 logits (16-byte aligned: the BF16 mode's
- * logits, rows of ld = a multiple of 8 elements): 8 elements per load. */
+ * logits, rows of ld = a multiple of 8 elements): 8 elements per load, the
+ * exponentials by __expf. */
 __device__ void row_lse(const __nv_bfloat16 *x, int V, float *shf, double *shd, float *lse, double *sum_x) {
     lse_acc a = {-INFINITY, 0.0, 0.0};
     int n8 = V / 8;
@@ -97,10 +107,10 @@ __device__ void row_lse(const __nv_bfloat16 *x, int V, float *shf, double *shd, 
     for (int j = threadIdx.x; j < n8; j += blockDim.x) {
         uint4 u = x8[j];
         float2 p0 = bf16x2_floats(u.x), p1 = bf16x2_floats(u.y), p2 = bf16x2_floats(u.z), p3 = bf16x2_floats(u.w);
-        acc_add4(&a, make_float4(p0.x, p0.y, p1.x, p1.y));
-        acc_add4(&a, make_float4(p2.x, p2.y, p3.x, p3.y));
+        acc_add4<true>(&a, make_float4(p0.x, p0.y, p1.x, p1.y));
+        acc_add4<true>(&a, make_float4(p2.x, p2.y, p3.x, p3.y));
     }
-    for (int v = 8 * n8 + threadIdx.x; v < V; v += blockDim.x) acc_add1(&a, __bfloat162float(x[v]));
+    for (int v = 8 * n8 + threadIdx.x; v < V; v += blockDim.x) acc_add1<true>(&a, __bfloat162float(x[v]));
     row_lse_finish(&a, shf, shd, lse, sum_x);
 }
 
@@ -309,7 +319,7 @@ __global__ void xent_backward_bf16_kernel(__nv_bfloat16 *dst, int ld, const T *l
 #pragma unroll
             for (int u = 0; u < 8; u++) {
                 int v = v0 + u;
-                float gv = scale * (expf(g[u] - l) - uniform);
+                float gv = scale * (exp_<sizeof(T) == 2>(g[u] - l) - uniform); /* bf16 logits: __expf */
                 g[u] = v >= V ? 0.0f : v == t ? gv - hit : gv;
             }
             d[c] = make_uint4(xent_bf16x2(g[0], g[1]), xent_bf16x2(g[2], g[3]), xent_bf16x2(g[4], g[5]),

@@ -613,20 +613,22 @@ tfm_status tfm_model_forward(const tfm_model *m, tfm_workspace *ws, const tfm_ba
     }
     const float *top = has_dec ? ws->dec.out : ws->enc.out;
     int N = b->B * (has_dec ? b->T : b->S);
-    m->be->linear_forward(ws->logits, top, m->w.generator, NULL, N, cfg->d_model, cfg->tgt_vocab);
     ws->loss_sum = 0;
     ws->n_tokens = 0;
-    if (b->targets) {
-        m->be->upload(ws->targets, b->targets, (size_t)N * sizeof *b->targets);
-        if (ws->loss_acc) {
-            for (int i = 0; i < N; i++) ws->n_tokens += b->targets[i] != cfg->pad_id;
-            m->be->xent_forward_acc(ws->lse, ws->logits, ws->targets, N, cfg->tgt_vocab, cfg->pad_id,
-                                    cfg->label_smoothing, ws->loss_acc);
-        } else {
-            ws->loss_sum = m->be->xent_forward(ws->lse, ws->logits, ws->targets, N, cfg->tgt_vocab, cfg->pad_id,
-                                               cfg->label_smoothing, &ws->n_tokens);
-        }
+    /* With loss_acc (the trainer's step) nobody reads the logits but the
+     * backward: the backend keeps them in its own format (logits_packed). */
+    ws->logits_packed = b->targets && ws->loss_acc;
+    if (b->targets) m->be->upload(ws->targets, b->targets, (size_t)N * sizeof *b->targets);
+    if (ws->logits_packed) {
+        for (int i = 0; i < N; i++) ws->n_tokens += b->targets[i] != cfg->pad_id;
+        m->be->logits_loss_forward(ws->logits, ws->lse, ws->loss_acc, top, m->w.generator, ws->targets, N,
+                                   cfg->d_model, cfg->tgt_vocab, cfg->pad_id, cfg->label_smoothing);
+        return TFM_OK;
     }
+    m->be->linear_forward(ws->logits, top, m->w.generator, NULL, N, cfg->d_model, cfg->tgt_vocab);
+    if (b->targets)
+        ws->loss_sum = m->be->xent_forward(ws->lse, ws->logits, ws->targets, N, cfg->tgt_vocab, cfg->pad_id,
+                                           cfg->label_smoothing, &ws->n_tokens);
     return TFM_OK;
 }
 
@@ -770,7 +772,8 @@ tfm_status tfm_model_backward(const tfm_model *m, tfm_workspace *ws, const tfm_b
     const float *top = has_dec ? ws->dec.out : ws->enc.out;
 
     m->be->logits_backward(ws->g0, grads->generator, ws->logits, ws->logits, ws->lse, ws->targets, top,
-                           m->w.generator, N, D, cfg->tgt_vocab, cfg->pad_id, cfg->label_smoothing, grad_scale, 0);
+                           m->w.generator, N, D, cfg->tgt_vocab, cfg->pad_id, cfg->label_smoothing, grad_scale, 0,
+                           ws->logits_packed);
     if (has_dec) {
         stack_ctx c = decoder_ctx(m, ws, ws->training, ws->seed);
         if (has_enc) m->be->zero(ws->dmem, (size_t)ws->B * ws->S * D * sizeof *ws->dmem);

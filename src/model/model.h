@@ -120,6 +120,7 @@ typedef struct tfm_workspace {
     int32_t *src_pos, *tgt_pos;   /* [B*S], [B*T]: position of each row */
     void *stage;               /* host staging for the above (not backend memory) */
     float *logits;             /* [B*L, V]; becomes dlogits in the backward */
+    int logits_packed;         /* logits are logits_loss_forward's (the backend's format, loss_acc set) */
     float *lse;                /* [B*L] log-sum-exp of each row of logits */
     /* forward/backward scratch */
     float *proj;               /* [N, D] a block's branch output / its gradient */
