@@ -868,12 +868,118 @@ static void test_fused_activation(float p) {
     free(in), free(dout);
 }
 
+/* Two device tensors with the same bits (the same route run twice). */
+static void cmp_runs(const char *name, const float *d_a, const float *d_b, size_t n) {
+    float *a = dget(d_a, n), *b = dget(d_b, n);
+    size_t diff = 0;
+    for (size_t i = 0; i < n; i++) diff += memcmp(&a[i], &b[i], sizeof(float)) != 0;
+    printf("%-64s again: bits: %zu of %zu differ\n", name, diff, n);
+    CHECK(diff == 0, "%s: two runs must give the same bits", name);
+    free(a), free(b);
+}
+
+/* The LayerNorm backward's two routes (src/cuda/fused.cu): the one-pass
+ * kernel (din, ddrop and the partial sums of dw, db from one read of dout and
+ * the input; chunks of 64 rows) and, with TFM_LN_FUSED_DPARAMS=0, the din
+ * kernel then the two-pass column sums. Both, for layernorm_backward (acc 0
+ * and 1) and layernorm_backward_dropout (p 0.1), against the CPU; the
+ * one-pass route twice, the same bits. Sizes: many chunks and a partial last
+ * one, each row size of the register kernel (D <= 128, 256, 512, 1024; at
+ * 1024 without the next row's prefetch), float4 with and without a full row,
+ * scalar loads (odd D, or din 4 bytes past a 16-byte boundary: `off`). */
+static void test_layernorm_routes(int N, int D, int off) {
+    size_t nd = (size_t)N * D;
+    const uint64_t seed = 0xabcdefull, stream = 7;
+    const float p = 0.1f;
+    float *in = hrand(nd, -1, 1), *dout = hrand(nd, -1, 1);
+    for (size_t i = 0; i < nd; i++) in[i] += 3.0f;
+    float *w = hrand(D, 0.5f, 1.5f), *b = hrand(D, -0.5f, 0.5f), *dw0 = hrand(D, -1, 1), *db0 = hrand(D, -1, 1);
+    float *tmp = hnan(nd), *mean = hnan(N), *rstd = hnan(N);
+    C->layernorm_forward(tmp, mean, rstd, in, w, b, N, D, 1e-5f);
+    float *d_in = dputf(in, nd), *d_dout = dputf(dout, nd), *d_w = dputf(w, D), *d_m = dputf(mean, N);
+    float *d_s = dputf(rstd, N);
+    /* CPU references: acc 0, acc 1 (din from din0), dropout. */
+    float *din0 = hrand(nd, -1, 1);
+    float *r_din[3], *r_dw[3], *r_db[3], *r_dd = hnan(nd);
+    for (int k = 0; k < 3; k++) r_din[k] = k == 1 ? hdup(din0, nd) : hnan(nd), r_dw[k] = hdup(dw0, D), r_db[k] = hdup(db0, D);
+    C->layernorm_backward(r_din[0], r_dw[0], r_db[0], dout, in, mean, rstd, w, N, D, 0);
+    C->layernorm_backward(r_din[1], r_dw[1], r_db[1], dout, in, mean, rstd, w, N, D, 1);
+    C->layernorm_backward_dropout(r_din[2], r_dd, r_dw[2], r_db[2], dout, in, mean, rstd, w, N, D, p, seed, stream);
+
+    const char *prev = getenv("TFM_LN_FUSED_DPARAMS");
+    char *saved = prev ? strdup(prev) : NULL;
+    static const char *routes[2] = {"one-pass", "two-pass"};
+    float *g_din[2][3], *g_dw[2][3], *g_db[2][3], *g_dd[2];
+    for (int run = 0; run < 3; run++) { /* one-pass, two-pass, one-pass again */
+        int route = run == 1;
+        setenv("TFM_LN_FUSED_DPARAMS", route ? "0" : "1", 1);
+        float *dins[3], *dws[3], *dbs[3], *dd, *base[4];
+        for (int k = 0; k < 3; k++) {
+            float *h = k == 1 ? hdup(din0, nd) : hnan(nd), *big = hnan(nd + 1);
+            memcpy(big + off, h, nd * sizeof(float));
+            base[k] = dputf(big, nd + 1), dins[k] = base[k] + off;
+            dws[k] = dputf(dw0, D), dbs[k] = dputf(db0, D);
+            free(h), free(big);
+        }
+        float *pn = hnan(nd + 1);
+        base[3] = dputf(pn, nd + 1), dd = base[3] + off;
+        free(pn);
+        G->layernorm_backward(dins[0], dws[0], dbs[0], d_dout, d_in, d_m, d_s, d_w, N, D, 0);
+        G->layernorm_backward(dins[1], dws[1], dbs[1], d_dout, d_in, d_m, d_s, d_w, N, D, 1);
+        G->layernorm_backward_dropout(dins[2], dd, dws[2], dbs[2], d_dout, d_in, d_m, d_s, d_w, N, D, p, seed, stream);
+        static const char *ops[3] = {"layernorm_backward acc=0", "layernorm_backward acc=1", "layernorm_backward_dropout"};
+        for (int k = 0; k < 3; k++) {
+            char name[128];
+            if (run < 2) {
+                snprintf(name, sizeof name, "%s %s din", routes[route], ops[k]), cmp(name, dins[k], r_din[k], nd);
+                snprintf(name, sizeof name, "%s %s dw (+=)", routes[route], ops[k]), cmp(name, dws[k], r_dw[k], D);
+                snprintf(name, sizeof name, "%s %s db (+=)", routes[route], ops[k]), cmp(name, dbs[k], r_db[k], D);
+                g_din[run][k] = dins[k], g_dw[run][k] = dws[k], g_db[run][k] = dbs[k];
+            } else {
+                snprintf(name, sizeof name, "one-pass %s din", ops[k]), cmp_runs(name, dins[k], g_din[0][k], nd);
+                snprintf(name, sizeof name, "one-pass %s dw", ops[k]), cmp_runs(name, dws[k], g_dw[0][k], D);
+                snprintf(name, sizeof name, "one-pass %s db", ops[k]), cmp_runs(name, dbs[k], g_db[0][k], D);
+            }
+        }
+        if (run < 2) {
+            char name[128];
+            snprintf(name, sizeof name, "%s layernorm_backward_dropout ddrop", routes[route]);
+            cmp_zeros(name, dd, r_dd, nd);
+            g_dd[run] = dd;
+        } else {
+            cmp_runs("one-pass layernorm_backward_dropout ddrop", dd, g_dd[0], nd);
+        }
+        /* Keep the first two runs' buffers (compared above); free the third's. */
+        if (run == 2) {
+            for (int k = 0; k < 4; k++) G->free(base[k]);
+            for (int k = 0; k < 3; k++) G->free(dws[k]), G->free(dbs[k]);
+        }
+    }
+    for (int route = 0; route < 2; route++) {
+        for (int k = 0; k < 3; k++) G->free(g_din[route][k] - off), G->free(g_dw[route][k]), G->free(g_db[route][k]);
+        G->free(g_dd[route] - off);
+    }
+    if (saved) setenv("TFM_LN_FUSED_DPARAMS", saved, 1), free(saved);
+    else unsetenv("TFM_LN_FUSED_DPARAMS");
+    G->free(d_in), G->free(d_dout), G->free(d_w), G->free(d_m), G->free(d_s);
+    for (int k = 0; k < 3; k++) free(r_din[k]), free(r_dw[k]), free(r_db[k]);
+    free(in), free(dout), free(w), free(b), free(dw0), free(db0), free(tmp), free(mean), free(rstd), free(din0);
+    free(r_dd);
+}
+
 static void test_fused(void) {
     static const int sizes[][2] = {{37, 24}, {37, 257}, {300, 512}, {7, 511}, {5, 1024}, {3, 1025}, {37, 1337}};
     for (int k = 0; k < 2; k++) {
         float p = k ? 0.1f : 0.0f;
         for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) test_fused_layernorm(sizes[i][0], sizes[i][1], p);
         test_fused_activation(p);
+    }
+    static const int routes[][3] = {{2001, 512, 0}, {1300, 1024, 0}, {999, 300, 0}, {517, 97, 0},
+                                    {65, 256, 0},   {130, 128, 0},   {517, 512, 1}, {70, 2000, 0}};
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
+        printf("layernorm backward routes N=%d D=%d%s:\n", routes[i][0], routes[i][1],
+               routes[i][2] ? " din, ddrop 4 bytes off" : "");
+        test_layernorm_routes(routes[i][0], routes[i][1], routes[i][2]);
     }
 }
 
@@ -1320,6 +1426,57 @@ static void test_logits_loss(int N, int D, int V, int bf16, int packed, int acc,
     free(logits), free(in), free(w), free(din), free(dw), free(t), free(lse), free(g);
 }
 
+/* linear_forward_keep and linear_backward_kept against the CPU's plain
+ * linears. BF16 mode where the copies pay (N 2000, 256 -> 512): against the
+ * CPU on in, w and dout rounded to bf16, within TOL (as test_gemm_bf16; db
+ * on the fp32 dout, which the column sums read); and
+ * `in` is overwritten with NaN on the device between the forward and the
+ * backward, so dw can only come out right from the kept copy. fp32 mode (and
+ * BF16 with few rows): nothing is kept, within TOL and 1e-2 of the unrounded
+ * CPU. acc: din += (else =, NaN before). */
+static void test_linear_kept(int N, int I, int O, int bf16, int kept, int acc) {
+    size_t ni = (size_t)N * I, oi = (size_t)O * I, no = (size_t)N * O;
+    float *in = hrand(ni, -1, 1), *w = hrand(oi, -0.5f, 0.5f), *b = hrand(O, -1, 1), *dout = hrand(no, -1, 1);
+    float *din = acc ? hrand(ni, -1, 1) : hnan(ni), *dw = hrand(oi, -1, 1), *db = hrand(O, -1, 1), *out = hnan(no);
+    float *d_in = dputf(in, ni), *d_w = dputf(w, oi), *d_b = dputf(b, O), *d_dout = dputf(dout, no);
+    float *d_din = dputf(din, ni), *d_dw = dputf(dw, oi), *d_db = dputf(db, O), *d_out = dputf(out, no);
+    size_t kb = G->linear_keep_bytes(N, I, O);
+    void *d_keep = kb ? G->alloc(kb) : NULL;
+    CHECK(G->set_matmul_precision(bf16 ? TFM_MATMUL_BF16 : TFM_MATMUL_FP32), "precision refused");
+    G->linear_forward_keep(d_out, d_in, d_w, d_b, N, I, O, d_keep);
+    if (kept) {
+        float *nans = hnan(ni);
+        G->upload(d_in, nans, ni * sizeof *nans);
+        free(nans);
+    }
+    G->linear_backward_kept(d_din, d_dw, d_db, d_dout, d_in, d_keep, d_w, N, I, O, acc);
+    CHECK(G->set_matmul_precision(TFM_MATMUL_FP32), "fp32 mode refused");
+    float *rin = kept ? hround(in, ni) : in, *rw = kept ? hround(w, oi) : w, *rdout = kept ? hround(dout, no) : dout;
+    C->linear_forward(out, rin, rw, b, N, I, O);
+    C->linear_backward(din, dw, kept ? NULL : db, rdout, rin, rw, N, I, O, acc);
+    if (kept) { /* the bias gradient sums the fp32 dout */
+        float *scratch = hrand(oi, -1, 1);
+        C->linear_backward(NULL, scratch, db, dout, in, w, N, I, O, acc);
+        free(scratch);
+    }
+    double tol = bf16 && !kept ? 1e-2 : TOL;
+    const char *mode = bf16 ? (kept ? "bf16 kept" : "bf16 few rows") : "fp32";
+    const float *gots[4] = {d_out, d_din, d_dw, d_db}, *refs[4] = {out, din, dw, db};
+    const size_t ns[4] = {no, ni, oi, (size_t)O};
+    const char *what[4] = {"out", "din", "dw", "db"};
+    for (int t = 0; t < 4; t++) {
+        char name[128];
+        snprintf(name, sizeof name, "linear kept %dx%d->%d acc=%d %s %s", N, I, O, acc, mode, what[t]);
+        float *got = dget(gots[t], ns[t]);
+        (void)tfm_test_close(name, got, refs[t], ns[t], tol);
+        free(got);
+    }
+    if (kept) free(rin), free(rw), free(rdout);
+    G->free(d_in), G->free(d_w), G->free(d_b), G->free(d_dout), G->free(d_din), G->free(d_dw), G->free(d_db);
+    G->free(d_out), G->free(d_keep);
+    free(in), free(w), free(b), free(dout), free(din), free(dw), free(db), free(out);
+}
+
 /* -------------------------------------------------------------------- FFN */
 
 /* max|a - b| / max|b| over n floats (infinite where a is NaN), printing
@@ -1725,6 +1882,11 @@ int main(void) {
     }
     test_logits_loss(600, 520, 1001, 1, 1, 1, "8");         /* packed, 1008 columns */
     test_logits_loss(301, 256, 37000, 1, 1, 0, NULL);       /* the model's vocabulary: 37056 columns */
+    for (int acc = 0; acc < 2; acc++) {
+        test_linear_kept(2000, 256, 512, 1, 1, acc); /* the copies pay: kept */
+        test_linear_kept(37, 72, 40, 1, 0, acc);     /* few rows: nothing kept */
+        test_linear_kept(301, 72, 40, 0, 0, acc);    /* fp32 */
+    }
     test_log_softmax();
     test_ffn();
     if (atoi(tfm_test_env("TFM_CUDA_OPS_TIME", "0"))) time_ops();

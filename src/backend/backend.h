@@ -91,6 +91,20 @@ typedef struct tfm_backend {
                            int n_out);
     void (*linear_backward)(float *din, float *dw, float *db, const float *dout, const float *in,
                             const float *w, int N, int n_in, int n_out, int accumulate);
+    /* The same two with a kept copy of `in` for the backward (a training
+     * step's linears whose input stays until the backward): keep is backend
+     * memory of linear_keep_bytes(N, n_in, n_out) bytes, or NULL (where that
+     * is 0); linear_forward_keep may leave in it the form of `in` its
+     * backward's weight-gradient product reads (CUDA in BF16 mode: the bf16
+     * copy its own product multiplies), which linear_backward_kept then
+     * reads instead of converting `in` again. Results: linear_forward's and
+     * linear_backward's; the pair must run in the same matmul precision, on
+     * the same `in`, with nothing else writing keep in between. */
+    size_t (*linear_keep_bytes)(int N, int n_in, int n_out);
+    void (*linear_forward_keep)(float *out, const float *in, const float *w, const float *b, int N, int n_in,
+                                int n_out, void *keep);
+    void (*linear_backward_kept)(float *din, float *dw, float *db, const float *dout, const float *in,
+                                 const void *keep, const float *w, int N, int n_in, int n_out, int accumulate);
     void (*embedding_forward)(float *out, const int32_t *ids, const float *table, int N, int D, float scale);
     void (*embedding_backward)(float *dtable, const float *dout, const int32_t *ids, int N, int D,
                                float scale);

@@ -57,6 +57,16 @@ static void cpu_xent_forward_acc(float *lse, const float *logits, const int32_t 
     long count;
     *loss_acc += tfm_xent_forward(lse, logits, targets, N, V, pad_id, smoothing, &count);
 }
+/* The CPU keeps nothing: the kept-input linears are the plain ones. */
+static size_t cpu_linear_keep_bytes(int N, int n_in, int n_out) { return 0; }
+static void cpu_linear_forward_keep(float *out, const float *in, const float *w, const float *b, int N, int n_in,
+                                    int n_out, void *keep) {
+    tfm_linear_forward(out, in, w, b, N, n_in, n_out);
+}
+static void cpu_linear_backward_kept(float *din, float *dw, float *db, const float *dout, const float *in,
+                                     const void *keep, const float *w, int N, int n_in, int n_out, int accumulate) {
+    tfm_linear_backward(din, dw, db, dout, in, w, N, n_in, n_out, accumulate);
+}
 static int cpu_set_matmul_precision(tfm_matmul_precision p) { return p == TFM_MATMUL_FP32; }
 static void cpu_copy_rows(float *dst, long dst_row, const float *src, long src_row, size_t width, int rows) {
     for (int r = 0; r < rows; r++) memmove(dst + r * dst_row, src + r * src_row, width * sizeof *dst);
@@ -133,6 +143,9 @@ static const tfm_backend cpu_backend = {
     .gemm = tfm_gemm,
     .linear_forward = tfm_linear_forward,
     .linear_backward = tfm_linear_backward,
+    .linear_keep_bytes = cpu_linear_keep_bytes,
+    .linear_forward_keep = cpu_linear_forward_keep,
+    .linear_backward_kept = cpu_linear_backward_kept,
     .embedding_forward = tfm_embedding_forward,
     .embedding_backward = tfm_embedding_backward,
     .positions_forward = tfm_positions_forward,

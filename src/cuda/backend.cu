@@ -461,6 +461,9 @@ static void fill_table(tfm_backend *t) {
     t->gemm = tfm_cuda_gemm;
     t->linear_forward = tfm_cuda_linear_forward;
     t->linear_backward = tfm_cuda_linear_backward;
+    t->linear_keep_bytes = tfm_cuda_linear_keep_bytes;
+    t->linear_forward_keep = tfm_cuda_linear_forward_keep;
+    t->linear_backward_kept = tfm_cuda_linear_backward_kept;
     t->embedding_forward = tfm_cuda_embedding_forward;
     t->embedding_backward = tfm_cuda_embedding_backward;
     t->positions_forward = tfm_cuda_positions_forward;

@@ -232,6 +232,12 @@ void tfm_cuda_linear_forward(float *out, const float *in, const float *w, const 
                              int n_out);
 void tfm_cuda_linear_backward(float *din, float *dw, float *db, const float *dout, const float *in,
                               const float *w, int N, int n_in, int n_out, int accumulate);
+/* linear_keep_bytes, linear_forward_keep, linear_backward_kept (backend.h). */
+size_t tfm_cuda_linear_keep_bytes(int N, int n_in, int n_out);
+void tfm_cuda_linear_forward_keep(float *out, const float *in, const float *w, const float *b, int N, int n_in,
+                                  int n_out, void *keep);
+void tfm_cuda_linear_backward_kept(float *din, float *dw, float *db, const float *dout, const float *in,
+                                   const void *keep, const float *w, int N, int n_in, int n_out, int accumulate);
 /* logits_backward (backend.h): in BF16 mode, where the bf16 copy pays, the
  * gradient goes straight to bf16 (tfm_cuda_xent_backward_bf16) and dlogits is
  * left unwritten; otherwise tfm_cuda_xent_backward then

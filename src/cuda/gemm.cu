@@ -532,22 +532,24 @@ static int to_bf16(bf16_buffer *buf, const float *src, int rows, int cols, int l
 
 /* The product on bf16 copies of A and B (BF16 mode), returning as lt_product
  * does (0: no product queued: no memory for the copies, or cuBLASLt has no
- * algorithm for them). a16: A's copy, already queued by the caller, or NULL
- * to make one here. The weights, converted on every call: a bf16 copy of the
+ * algorithm for them). a16, b16: A's and B's copies, already queued by the
+ * caller (linear_backward's dout, a kept input), or NULL to make them here. The weights, converted on every call: a bf16 copy of the
  * parameters refreshed once per optimizer step would save converting them in
  * the forward and again in din's product (2 x 6 bytes per weight a step:
  * ~0.75 GB, ~0.2 ms, for the base model's ~63M GEMM weights); the
  * activations are most of what is converted. */
 static int product_bf16(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
-                        int ldb, float beta, float *C, int ldc, const float *epi, const lt_operand *a16) {
+                        int ldb, float beta, float *C, int ldc, const float *epi, const lt_operand *a16,
+                        const lt_operand *b16) {
     int ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N; /* as stored */
     lt_operand a = {CUDA_R_16BF, NULL, bf16_ld(ac), 16}, b = {CUDA_R_16BF, NULL, bf16_ld(bc), 16};
     if (a16) a = *a16;
+    if (b16) b = *b16;
     /* Skip converting where cuBLASLt would refuse the product anyway (the plan remembers). */
     lt_operand c = {CUDA_R_32F, C, ldc, ptr_align(C)};
     if (!plan_get(CUBLAS_COMPUTE_32F, ta, tb, M, N, K, &a, &b, &c, NULL)->has_algo) return 0;
     if (!a16 && !to_bf16(&g_bf16_a, A, ar, ac, lda, &a)) return 0;
-    if (!to_bf16(&g_bf16_b, B, br, bc, ldb, &b)) return 0;
+    if (!b16 && !to_bf16(&g_bf16_b, B, br, bc, ldb, &b)) return 0;
     return lt_product(CUBLAS_COMPUTE_32F, ta, tb, M, N, K, alpha, &a, &b, beta, C, ldc, epi);
 }
 
@@ -606,7 +608,8 @@ void tfm_cuda_bias_add(float *C, const float *b, int M, int N, int ldc) {
  * in cuBLASLt's epilogue when it is BIAS_ALIGN-aligned and cuBLASLt takes
  * it; otherwise bias_add_kernel adds it after the product. */
 static void gemm_bias(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
-                      int ldb, float beta, float *C, int ldc, const float *bias, const lt_operand *a16) {
+                      int ldb, float beta, float *C, int ldc, const float *bias, const lt_operand *a16,
+                      const lt_operand *b16) {
     if (M <= 0 || N <= 0) return;
     cudaStream_t st = tfm_cuda_stream();
     const float *epi = bias && (uintptr_t)bias % BIAS_ALIGN == 0 ? bias : NULL;
@@ -617,8 +620,8 @@ static void gemm_bias(int ta, int tb, int M, int N, int K, float alpha, const fl
         TFM_CUDA_LAUNCHED();
         ran = 1;
     }
-    if (!ran && g_bf16 && (a16 || bf16_pays(2.0 * M * N * K, (double)M * K + (double)N * K)))
-        ran = product_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, epi, a16);
+    if (!ran && g_bf16 && (a16 || b16 || bf16_pays(2.0 * M * N * K, (double)M * K + (double)N * K)))
+        ran = product_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, epi, a16, b16);
     if (!ran) {
         lt_operand a = {CUDA_R_32F, A, lda, ptr_align(A)}, b = {CUDA_R_32F, B, ldb, ptr_align(B)};
         ran = lt_product(g_compute, ta, tb, M, N, K, alpha, &a, &b, beta, C, ldc, epi);
@@ -640,7 +643,7 @@ static void gemm_bias(int ta, int tb, int M, int N, int K, float alpha, const fl
  * beta == 0 never reads C. Queued; does not wait. */
 void tfm_cuda_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                    const float *B, int ldb, float beta, float *C, int ldc) {
-    gemm_bias(trans_a ? 1 : 0, trans_b ? 1 : 0, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL, NULL);
+    gemm_bias(trans_a ? 1 : 0, trans_b ? 1 : 0, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL, NULL, NULL);
 }
 
 /* --------------------------------------------------------------- linear */
@@ -747,7 +750,34 @@ void tfm_cuda_colsum_add(float *sums, const float *x, int N, int C) { colsum_add
  * bias rides in cuBLASLt's epilogue when it can (see gemm_bias). */
 void tfm_cuda_linear_forward(float *out, const float *in, const float *w, const float *b, int N, int n_in,
                              int n_out) {
-    gemm_bias(0, 1, N, n_out, n_in, 1.0f, in, n_in, w, n_in, 0.0f, out, n_out, b, NULL);
+    gemm_bias(0, 1, N, n_out, n_in, 1.0f, in, n_in, w, n_in, 0.0f, out, n_out, b, NULL, NULL);
+}
+
+/* The kept input (backend.h: linear_forward_keep, linear_backward_kept): in
+ * BF16 mode, where the forward's bf16 copies pay, the forward converts `in`
+ * into keep (bf16, rows of bf16_ld(n_in)) and multiplies that copy; the
+ * backward's weight gradient multiplies it again instead of converting `in`
+ * a second time (a read of 4 and a write of 2 bytes per element saved: for
+ * the base model's step 42 inputs of 25,600 x 512). Whether the copy is
+ * there is decided from the mode and the sizes alone, so the backward
+ * decides as its forward did. */
+static int keep_used(const void *keep, int N, int n_in, int n_out) {
+    return g_bf16 && keep && ptr_align(keep) == 16 && N > 0 && n_in > 0 && n_out > 0 &&
+           bf16_pays(2.0 * N * n_in * n_out, (double)N * n_in + (double)n_out * n_in);
+}
+
+size_t tfm_cuda_linear_keep_bytes(int N, int n_in, int n_out) {
+    return N > 0 && n_in > 0 ? (size_t)N * bf16_ld(n_in) * sizeof(__nv_bfloat16) : 0;
+}
+
+void tfm_cuda_linear_forward_keep(float *out, const float *in, const float *w, const float *b, int N, int n_in,
+                                  int n_out, void *keep) {
+    lt_operand k = {CUDA_R_16BF, keep, bf16_ld(n_in), 16}, *a16 = NULL;
+    if (keep_used(keep, N, n_in, n_out)) {
+        tfm_cuda_to_bf16((__nv_bfloat16 *)keep, k.ld, in, N, n_in, n_in);
+        a16 = &k;
+    }
+    gemm_bias(0, 1, N, n_out, n_in, 1.0f, in, n_in, w, n_in, 0.0f, out, n_out, b, a16, NULL);
 }
 
 /* din[N,I] (= or += when accumulate) dout[N,O] w;  dw[O,I] += dout^T in;
@@ -758,15 +788,21 @@ void tfm_cuda_linear_forward(float *out, const float *in, const float *w, const 
  * whether that pays is judged on the two products together. */
 void tfm_cuda_linear_backward(float *din, float *dw, float *db, const float *dout, const float *in,
                               const float *w, int N, int n_in, int n_out, int accumulate) {
-    lt_operand d16, *a16 = NULL;
+    tfm_cuda_linear_backward_kept(din, dw, db, dout, in, NULL, w, N, n_in, n_out, accumulate);
+}
+
+void tfm_cuda_linear_backward_kept(float *din, float *dw, float *db, const float *dout, const float *in,
+                                   const void *keep, const float *w, int N, int n_in, int n_out, int accumulate) {
+    lt_operand d16, *a16 = NULL, k = {CUDA_R_16BF, keep, bf16_ld(n_in), 16};
+    const lt_operand *b16 = keep_used(keep, N, n_in, n_out) ? &k : NULL;
     if (g_bf16 && N > 0 && n_in > 0 && n_out > 0 && (din || dw)) {
         double flops = 2.0 * N * n_in * n_out * ((din ? 1 : 0) + (dw ? 1 : 0));
         double elements = (double)N * n_out + (din ? (double)n_out * n_in : 0) + (dw ? (double)N * n_in : 0);
         if (bf16_pays(flops, elements) && to_bf16(&g_bf16_a, dout, N, n_out, n_out, &d16)) a16 = &d16;
     }
     if (din)
-        gemm_bias(0, 0, N, n_in, n_out, 1.0f, dout, n_out, w, n_in, accumulate ? 1.0f : 0.0f, din, n_in, NULL, a16);
-    if (dw) gemm_bias(1, 0, n_out, n_in, N, 1.0f, dout, n_out, in, n_in, 1.0f, dw, n_in, NULL, a16);
+        gemm_bias(0, 0, N, n_in, n_out, 1.0f, dout, n_out, w, n_in, accumulate ? 1.0f : 0.0f, din, n_in, NULL, a16, NULL);
+    if (dw) gemm_bias(1, 0, n_out, n_in, N, 1.0f, dout, n_out, in, n_in, 1.0f, dw, n_in, NULL, a16, b16);
     if (db) colsum_add(db, dout, N, n_out);
 }
 
@@ -810,12 +846,12 @@ void tfm_cuda_logits_backward(float *din, float *dw, float *dlogits, const float
     /* din[N,D] = dlogits[N,V] w[V,D];  dw[V,D] += dlogits^T in[N,D]. product_bf16 (not gemm_bias, whose
      * fallback would read the fp32 dlogits) says whether each ran; it grows only g_bf16_b. */
     float beta = accumulate ? 1.0f : 0.0f;
-    int din_left = din && !product_bf16(0, 0, N, D, V, 1.0f, dlogits, V, w, D, beta, din, D, NULL, &d16);
-    int dw_left = dw && !product_bf16(1, 0, V, D, N, 1.0f, dlogits, V, in, D, 1.0f, dw, D, NULL, &d16);
+    int din_left = din && !product_bf16(0, 0, N, D, V, 1.0f, dlogits, V, w, D, beta, din, D, NULL, &d16, NULL);
+    int dw_left = dw && !product_bf16(1, 0, V, D, N, 1.0f, dlogits, V, in, D, 1.0f, dw, D, NULL, &d16, NULL);
     if (!din_left && !dw_left) return;
     tfm_cuda_xent_backward(dlogits, logits, lse, targets, N, V, pad_id, smoothing, scale);
-    if (din_left) gemm_bias(0, 0, N, D, V, 1.0f, dlogits, V, w, D, beta, din, D, NULL, NULL);
-    if (dw_left) gemm_bias(1, 0, V, D, N, 1.0f, dlogits, V, in, D, 1.0f, dw, D, NULL, NULL);
+    if (din_left) gemm_bias(0, 0, N, D, V, 1.0f, dlogits, V, w, D, beta, din, D, NULL, NULL, NULL);
+    if (dw_left) gemm_bias(1, 0, V, D, N, 1.0f, dlogits, V, in, D, 1.0f, dw, D, NULL, NULL, NULL);
 }
 
 /* ------------------------------------------- the logits op, BF16 mode */
@@ -944,7 +980,7 @@ static void logits_backward_packed(float *din, float *dw, float *dlogits, const 
         widen_rows_kernel<<<tfm_cuda_blocks((size_t)R * V, TFM_CUDA_THREADS), TFM_CUDA_THREADS, 0,
                             tfm_cuda_stream()>>>(s, V, g16 + (size_t)r0 * ldv, ldv, R, V);
         TFM_CUDA_LAUNCHED();
-        if (din_left) gemm_bias(0, 0, R, D, V, 1.0f, s, V, w, D, beta, din + (size_t)r0 * D, D, NULL, NULL);
-        if (dw_left) gemm_bias(1, 0, V, D, R, 1.0f, s, V, in + (size_t)r0 * D, D, 1.0f, dw, D, NULL, NULL);
+        if (din_left) gemm_bias(0, 0, R, D, V, 1.0f, s, V, w, D, beta, din + (size_t)r0 * D, D, NULL, NULL, NULL);
+        if (dw_left) gemm_bias(1, 0, V, D, R, 1.0f, s, V, in + (size_t)r0 * D, D, 1.0f, dw, D, NULL, NULL, NULL);
     }
 }

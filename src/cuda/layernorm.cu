@@ -10,7 +10,9 @@
  * sums of the backward. The parameter gradients are
  * column sums over the rows in two passes (partial sums over chunks of rows,
  * then over the chunks), combined in a fixed order: deterministic, no
- * atomics.
+ * atomics. For D <= 1024 the backward runs fused.cu's one-pass kernel, which
+ * writes din and the chunks' partial sums from one read of dout and the
+ * input; the kernels here serve larger D (and TFM_LN_FUSED_DPARAMS=0).
  */
 #include "cuda/cuda_internal.cuh"
 
@@ -255,11 +257,22 @@ void tfm_cuda_layernorm_dparams(float *dw, float *db, const float *dout, const f
     TFM_CUDA_LAUNCHED();
 }
 
-/* din[N,D] (= or += when accumulate); dw[D] +=; db[D] +=. Device pointers. */
+/* fused.cu: the one-pass backward (din, and dw, db from the same reads of
+ * dout and in) for D <= 1024; returns 0 where it does not apply. Declared
+ * here, not in cuda_internal.cuh, as only this file calls it. */
+int tfm_cuda_layernorm_backward_onepass(float *din, float *ddrop, float *dw, float *db, const float *dout,
+                                        const float *in, const float *mean, const float *rstd, const float *w,
+                                        int N, int D, int accumulate, float p, uint64_t seed, uint64_t stream);
+
+/* din[N,D] (= or += when accumulate); dw[D] +=; db[D] +=. Device pointers.
+ * The one-pass kernel where D <= 1024, else (or with TFM_LN_FUSED_DPARAMS=0)
+ * the din kernel and the two-pass column sums. */
 void tfm_cuda_layernorm_backward(float *din, float *dw, float *db, const float *dout, const float *in,
                                  const float *mean, const float *rstd, const float *w, int N, int D,
                                  int accumulate) {
     if (N <= 0 || D <= 0) return;
+    if (tfm_cuda_layernorm_backward_onepass(din, NULL, dw, db, dout, in, mean, rstd, w, N, D, accumulate, 0.0f, 0, 0))
+        return;
     layernorm_din_kernel<<<row_blocks(N), 32 * LN_WARPS, 0, tfm_cuda_stream()>>>(din, dout, in, mean, rstd, w, N, D,
                                                                                  accumulate);
     TFM_CUDA_LAUNCHED();

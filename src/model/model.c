@@ -159,6 +159,13 @@ static void take_block(carver *c, tfm_block_acts *a, size_t N, int D) {
 
 static size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
 
+/* A kept input of a linear of n_in -> n_out over N rows (backend.h): the
+ * backend's bytes, in whole floats; NULL where the backend keeps nothing. */
+static void *take_keep(carver *c, const tfm_model *m, size_t N, int n_in, int n_out) {
+    size_t bytes = m->be->linear_keep_bytes((int)N, n_in, n_out);
+    return bytes ? (void *)take(c, (bytes + sizeof(float) - 1) / sizeof(float)) : NULL;
+}
+
 /* One stack's activations: N rows of length at most L (B rows at most), and
  * for cross-attention sources of at most S tokens in at most `src_cells`. A
  * [B, H, Lq, Lk] score array holds at most rows * Lk elements per head. */
@@ -174,6 +181,8 @@ static void take_stack(carver *c, tfm_stack_acts *s, const tfm_model *m, int lay
         if (tiled) a->lse = take(c, (size_t)H * N);
         else a->probs = take(c, (size_t)H * min_size((size_t)B * L * L, N * L));
         a->att = take(c, N * H * m->dv);
+        a->keep_qkv = take_keep(c, m, N, D, m->qkv_dim);
+        a->keep_att = take_keep(c, m, N, H * m->dv, D);
         if (cross) {
             take_block(c, &a->cross, N, D);
             a->cq = take(c, N * H * m->dk);
@@ -181,6 +190,9 @@ static void take_stack(carver *c, tfm_stack_acts *s, const tfm_model *m, int lay
             if (tiled) a->clse = take(c, (size_t)H * N);
             else a->cprobs = take(c, (size_t)H * min_size(N * S, src_cells * L));
             a->catt = take(c, N * H * m->dv);
+            a->keep_cq = take_keep(c, m, N, D, H * m->dk);
+            a->keep_ckv = take_keep(c, m, src_cells, D, H * (m->dk + m->dv));
+            a->keep_catt = take_keep(c, m, N, H * m->dv, D);
         }
         take_block(c, &a->ffn, N, D);
         a->ffn_h = take(c, N * cfg->d_ff);
@@ -415,6 +427,11 @@ static uint64_t stream_id(const stack_ctx *c, int layer, int site) {
 
 static float drop_p(const stack_ctx *c, float p) { return c->training ? p : 0.0f; }
 
+/* A linear's kept input (linear_forward_keep) in training forwards, whose
+ * backward reads it; NULL otherwise. The backward's stack_ctx has the
+ * forward's `training`, so both sides pass the same. */
+static void *kept(const stack_ctx *c, void *keep) { return c->training ? keep : NULL; }
+
 static tfm_attn_dims self_dims(const tfm_model *m, const stack_ctx *c, int layer) {
     int H = m->cfg.heads, row = m->qkv_dim;
     tfm_attn_dims d = {
@@ -455,7 +472,7 @@ static void self_attn_forward(const tfm_model *m, tfm_workspace *ws, const stack
                               int layer, const tfm_attn_weights *w, tfm_layer_acts *a,
                               const float *x) {
     int D = m->cfg.d_model, H = m->cfg.heads;
-    m->be->linear_forward(a->qkv, x, w->in_w, w->in_b, c->N, D, m->qkv_dim);
+    m->be->linear_forward_keep(a->qkv, x, w->in_w, w->in_b, c->N, D, m->qkv_dim, kept(c, a->keep_qkv));
     if (m->cfg.positions == TFM_POS_ROPE) {
         m->be->rope(a->qkv, m->qkv_dim, c->pos, c->N, H, m->dk, m->cfg.rope_theta, 0);
         m->be->rope(a->qkv + H * m->dk, m->qkv_dim, c->pos, c->N, H, m->dk, m->cfg.rope_theta, 0);
@@ -464,7 +481,7 @@ static void self_attn_forward(const tfm_model *m, tfm_workspace *ws, const stack
     const float *q = a->qkv, *k = a->qkv + H * m->dk, *v = a->qkv + 2 * H * m->dk;
     if (ws->attn_tiled) m->be->attention_tiled_forward(a->att, a->lse, ws->dprobs, ws->attn_scratch_len, q, k, v, &d);
     else m->be->attention_forward(a->att, a->probs, ws->dprobs, q, k, v, &d);
-    m->be->linear_forward(ws->proj, a->att, w->out_w, w->out_b, c->N, H * m->dv, D);
+    m->be->linear_forward_keep(ws->proj, a->att, w->out_w, w->out_b, c->N, H * m->dv, D, kept(c, a->keep_att));
 }
 
 /* Cross-attention branch: queries from x, keys and values from the encoder
@@ -473,14 +490,15 @@ static void cross_attn_forward(const tfm_model *m, tfm_workspace *ws, const stac
                                int layer, const tfm_attn_weights *w, tfm_layer_acts *a,
                                const float *x) {
     int D = m->cfg.d_model, H = m->cfg.heads, qd = H * m->dk, kvd = H * (m->dk + m->dv);
-    m->be->linear_forward(a->cq, x, w->in_w, w->in_b, c->N, D, qd);
-    m->be->linear_forward(a->ckv, c->memory, w->in_w + (size_t)qd * D, w->in_b + qd, c->B * c->S, D, kvd);
+    m->be->linear_forward_keep(a->cq, x, w->in_w, w->in_b, c->N, D, qd, kept(c, a->keep_cq));
+    m->be->linear_forward_keep(a->ckv, c->memory, w->in_w + (size_t)qd * D, w->in_b + qd, c->B * c->S, D, kvd,
+                               kept(c, a->keep_ckv));
     tfm_attn_dims d = cross_dims(m, c, layer);
     if (ws->attn_tiled)
         m->be->attention_tiled_forward(a->catt, a->clse, ws->dprobs, ws->attn_scratch_len, a->cq, a->ckv,
                                        a->ckv + qd, &d);
     else m->be->attention_forward(a->catt, a->cprobs, ws->dprobs, a->cq, a->ckv, a->ckv + qd, &d);
-    m->be->linear_forward(ws->proj, a->catt, w->out_w, w->out_b, c->N, H * m->dv, D);
+    m->be->linear_forward_keep(ws->proj, a->catt, w->out_w, w->out_b, c->N, H * m->dv, D, kept(c, a->keep_catt));
 }
 
 static void ffn_forward(const tfm_model *m, tfm_workspace *ws, const stack_ctx *c, int layer,
@@ -641,7 +659,8 @@ static void self_attn_backward(const tfm_model *m, tfm_workspace *ws, const stac
                                int layer, const tfm_attn_weights *w, const tfm_attn_weights *gw,
                                const tfm_layer_acts *a, const float *x, float *din, int accumulate) {
     int D = m->cfg.d_model, H = m->cfg.heads, hk = H * m->dk;
-    m->be->linear_backward(ws->datt, gw->out_w, gw->out_b, ws->proj, a->att, w->out_w, c->N, H * m->dv, D, 0);
+    m->be->linear_backward_kept(ws->datt, gw->out_w, gw->out_b, ws->proj, a->att, kept(c, a->keep_att), w->out_w,
+                                c->N, H * m->dv, D, 0);
     tfm_attn_dims d = self_dims(m, c, layer);
     if (ws->attn_tiled)
         m->be->attention_tiled_backward(ws->dqkv, ws->dqkv + hk, ws->dqkv + 2 * hk, ws->dprobs, ws->attn_scratch_len,
@@ -653,14 +672,16 @@ static void self_attn_backward(const tfm_model *m, tfm_workspace *ws, const stac
         m->be->rope(ws->dqkv, m->qkv_dim, c->pos, c->N, H, m->dk, m->cfg.rope_theta, 1);
         m->be->rope(ws->dqkv + hk, m->qkv_dim, c->pos, c->N, H, m->dk, m->cfg.rope_theta, 1);
     }
-    m->be->linear_backward(din, gw->in_w, gw->in_b, ws->dqkv, x, w->in_w, c->N, D, m->qkv_dim, accumulate);
+    m->be->linear_backward_kept(din, gw->in_w, gw->in_b, ws->dqkv, x, kept(c, a->keep_qkv), w->in_w, c->N, D,
+                                m->qkv_dim, accumulate);
 }
 
 static void cross_attn_backward(const tfm_model *m, tfm_workspace *ws, const stack_ctx *c,
                                 int layer, const tfm_attn_weights *w, const tfm_attn_weights *gw,
                                 const tfm_layer_acts *a, const float *x, float *din, int accumulate) {
     int D = m->cfg.d_model, H = m->cfg.heads, qd = H * m->dk, kvd = H * (m->dk + m->dv);
-    m->be->linear_backward(ws->datt, gw->out_w, gw->out_b, ws->proj, a->catt, w->out_w, c->N, H * m->dv, D, 0);
+    m->be->linear_backward_kept(ws->datt, gw->out_w, gw->out_b, ws->proj, a->catt, kept(c, a->keep_catt), w->out_w,
+                                c->N, H * m->dv, D, 0);
     tfm_attn_dims d = cross_dims(m, c, layer);
     float *dq = ws->dqkv; /* [N, H*dk] */
     if (ws->attn_tiled)
@@ -669,11 +690,12 @@ static void cross_attn_backward(const tfm_model *m, tfm_workspace *ws, const sta
     else
         m->be->attention_backward(dq, ws->dckv, ws->dckv + qd, ws->dprobs, ws->datt, a->cprobs, a->cq, a->ckv,
                                   a->ckv + qd, &d);
-    m->be->linear_backward(din, gw->in_w, gw->in_b, dq, x, w->in_w, c->N, D, qd, accumulate);
+    m->be->linear_backward_kept(din, gw->in_w, gw->in_b, dq, x, kept(c, a->keep_cq), w->in_w, c->N, D, qd,
+                                accumulate);
     /* Keys and values read the encoder output: its gradient accumulates over
      * every decoder layer. */
-    m->be->linear_backward(ws->dmem, gw->in_w + (size_t)qd * D, gw->in_b + qd, ws->dckv, c->memory,
-                        w->in_w + (size_t)qd * D, c->B * c->S, D, kvd, 1);
+    m->be->linear_backward_kept(ws->dmem, gw->in_w + (size_t)qd * D, gw->in_b + qd, ws->dckv, c->memory,
+                                kept(c, a->keep_ckv), w->in_w + (size_t)qd * D, c->B * c->S, D, kvd, 1);
 }
 
 static void ffn_backward(const tfm_model *m, tfm_workspace *ws, const stack_ctx *c, int layer,

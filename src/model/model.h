@@ -80,6 +80,10 @@ typedef struct tfm_layer_acts {
     float *catt;               /* [N, H*dv] */
     float *ffn_h;              /* [N, F] before the activation */
     float *ffn_a;              /* [N, F] after activation and dropout */
+    /* The attention linears' kept inputs (backend.h, linear_forward_keep):
+     * backend-format copies of x (q|k|v and cross q), att, memory (cross
+     * k|v) and catt for the backward's weight gradients; empty on the CPU. */
+    void *keep_qkv, *keep_att, *keep_cq, *keep_ckv, *keep_catt;
 } tfm_layer_acts;
 
 typedef struct tfm_stack_acts {
