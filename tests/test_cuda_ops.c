@@ -1884,6 +1884,7 @@ int main(void) {
     test_logits_loss(301, 256, 37000, 1, 1, 0, NULL);       /* the model's vocabulary: 37056 columns */
     for (int acc = 0; acc < 2; acc++) {
         test_linear_kept(2000, 256, 512, 1, 1, acc); /* the copies pay: kept */
+        test_linear_kept(2000, 256, 388, 1, 1, acc); /* dout's copy padded (388 % 8 == 4), summed in one read */
         test_linear_kept(37, 72, 40, 1, 0, acc);     /* few rows: nothing kept */
         test_linear_kept(301, 72, 40, 0, 0, acc);    /* fp32 */
     }

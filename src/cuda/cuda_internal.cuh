@@ -299,6 +299,11 @@ void tfm_cuda_to_bf16(__nv_bfloat16 *dst, int ldd, const float *src, int rows, i
  * or B (1), grown if need be, described in *op; valid until the next product
  * that converts into the same buffer. Returns 0 when there is no memory. */
 int tfm_cuda_bf16_operand(int which, const float *src, int rows, int cols, int lds, tfm_cuda_mat *op);
+/* The bf16 copy of dout [N, C] into the A buffer (as tfm_cuda_bf16_operand
+ * with which = 0) and, with sums not NULL, sums[c] += its column sums, in one
+ * read of dout where it can; 0 (nothing queued, sums untouched) when there is
+ * no memory for the copy. */
+int tfm_cuda_bf16_operand_colsum(float *sums, const float *dout, int N, int C, tfm_cuda_mat *op);
 /* C[i, j] += b[j] for i < M, j < N (row stride ldc). */
 void tfm_cuda_bias_add(float *C, const float *b, int M, int N, int ldc);
 /* sums[c] += sum over rows n of x[n*C + c]: the deterministic two-pass column

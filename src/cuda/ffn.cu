@@ -454,13 +454,14 @@ static int fused_backward(float *din, float *dw1, float *db1, float *dw2, float 
              (!dw1 || tfm_cuda_lt_matmul(1, 0, F, D, N, 1.0f, &dact16, &in16, 1.0f, &dw1m, NULL, 0)) &&
              (!din || tfm_cuda_lt_matmul(0, 0, N, D, F, 1.0f, &dact16, &w1_16, beta, &dinm, NULL, 0));
     if (!ok) return 0;
-    if (!tfm_cuda_bf16_operand(0, dout, N, D, D, &g16) || !tfm_cuda_bf16_operand(1, w2, D, F, F, &w2_16)) return 0;
+    /* w2 first: once dout's copy is made, db2 has its column sums (one read of dout for both). */
+    if (!tfm_cuda_bf16_operand(1, w2, D, F, F, &w2_16) || !tfm_cuda_bf16_operand_colsum(db2, dout, N, D, &g16))
+        return 0;
 
     tell(&g_told_backward, "fused backward: ReLU mask %s",
          g_mask_order == MASK_UNKNOWN ? "from act16 > 0" : "from the forward's bits");
     /* From here on the gradients change. */
     if (dw2) FFN_MUST(tfm_cuda_lt_matmul(1, 0, D, F, N, 1.0f, &g16, &act16, 1.0f, &dw2m, NULL, 1));
-    if (db2) tfm_cuda_colsum_add(db2, dout, N, D);
     FFN_MUST(tfm_cuda_lt_matmul(0, 0, N, F, D, 1.0f, &g16, &w2_16, 0.0f, &dact16, NULL, 1));
     drelu_colsum((__nv_bfloat16 *)dact, db1, &L, N, F);
     if (dw1) FFN_MUST(tfm_cuda_lt_matmul(1, 0, F, D, N, 1.0f, &dact16, &in16, 1.0f, &dw1m, NULL, 1));

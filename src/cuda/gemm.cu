@@ -687,10 +687,14 @@ __global__ void __launch_bounds__(32 * RG) colsum_kernel(float *out, const float
  * C % 4 == 0), 128 columns a block: the same sums in the same order (each
  * column's rows within a thread, then the RG row groups), so the same bits,
  * with a quarter of the load instructions (H200, the base model's training
- * step: 1.87 -> 1.75 ms over its 66 bias gradients). */
+ * step: 1.87 -> 1.75 ms over its 66 bias gradients).
+ * copy (NULL: none): the bf16 copy of x as to_bf16_kernel makes it, rows of
+ * ldc16 = bf16_ld(C) (16-byte aligned, columns C..ldc16-1 zero), written from
+ * the same loads: linear_backward's output gradient is both summed and
+ * multiplied, and this reads it once instead of twice. */
 template <int RG>
 __global__ void __launch_bounds__(32 * RG) colsum4_kernel(float *out, const float *x, int N, int C, int rows,
-                                                          int accumulate) {
+                                                          int accumulate, __nv_bfloat16 *copy, int ldc16) {
     __shared__ float4 part[RG][32];
     int c = (blockIdx.x * 32 + threadIdx.x) * 4;
     long n0 = (long)blockIdx.y * rows, n1 = n0 + rows < N ? n0 + rows : N;
@@ -700,6 +704,11 @@ __global__ void __launch_bounds__(32 * RG) colsum4_kernel(float *out, const floa
         for (long n = n0 + threadIdx.y; n < n1; n += RG) {
             float4 v = *(const float4 *)(x + n * C + c);
             s.x += v.x, s.y += v.y, s.z += v.z, s.w += v.w;
+            if (copy) {
+                uint2 *d = (uint2 *)(copy + n * ldc16 + c);
+                d[0] = make_uint2(bf16x2_bits(v.x, v.y), bf16x2_bits(v.z, v.w));
+                if (c + 4 == C && ldc16 > C) d[1] = make_uint2(0, 0); /* the row's padding (C % 8 == 4) */
+            }
         }
     }
     part[threadIdx.y][threadIdx.x] = s;
@@ -716,7 +725,9 @@ __global__ void __launch_bounds__(32 * RG) colsum4_kernel(float *out, const floa
     }
 }
 
-static void colsum_add(float *sums, const float *x, int N, int C) {
+/* sums[c] += column sums of x[N, C]; with copy (C % 4 == 0, x 16-byte
+ * aligned: colsum4_kernel), x's bf16 copy [N, bf16_ld(C)] too. */
+static void colsum_add(float *sums, const float *x, int N, int C, __nv_bfloat16 *copy = NULL) {
     if (N <= 0 || C <= 0) return;
     cudaStream_t st = tfm_cuda_stream();
     unsigned col_tiles = (unsigned)((C + 31) / 32);
@@ -733,9 +744,10 @@ static void colsum_add(float *sums, const float *x, int N, int C) {
     }
     float *part = chunks == 1 ? sums : (float *)tfm_cuda_scratch((size_t)chunks * C * sizeof(float)); /* [chunks, C] */
     int acc = chunks == 1; /* one chunk: straight into sums */
+    TFM_CUDA_ASSERT(!copy || (C % 4 == 0 && (uintptr_t)x % 16 == 0));
     if (C % 4 == 0 && (uintptr_t)x % 16 == 0)
-        colsum4_kernel<8><<<dim3((unsigned)((C + 127) / 128), (unsigned)chunks), dim3(32, 8), 0, st>>>(part, x, N, C,
-                                                                                                       rows, acc);
+        colsum4_kernel<8><<<dim3((unsigned)((C + 127) / 128), (unsigned)chunks), dim3(32, 8), 0, st>>>(
+            part, x, N, C, rows, acc, copy, bf16_ld(C));
     else colsum_kernel<8><<<dim3(col_tiles, (unsigned)chunks), dim3(32, 8), 0, st>>>(part, x, N, C, rows, acc);
     TFM_CUDA_LAUNCHED();
     if (acc) return;
@@ -745,6 +757,30 @@ static void colsum_add(float *sums, const float *x, int N, int C) {
 
 /* See cuda_internal.cuh. */
 void tfm_cuda_colsum_add(float *sums, const float *x, int N, int C) { colsum_add(sums, x, N, C); }
+
+/* The bf16 copy of an output gradient dout[N, C] into the A buffer (as
+ * to_bf16), and with sums (not NULL) its column sums added to sums, in one
+ * read of dout where colsum4_kernel can make the copy (C % 4 == 0, dout
+ * 16-byte aligned), else the two passes. 0, with nothing queued, when
+ * there is no memory for the copy. */
+static int to_bf16_colsum(float *sums, const float *dout, int N, int C, lt_operand *op) {
+    int one_read = sums && N > 0 && C % 4 == 0 && (uintptr_t)dout % 16 == 0;
+    if (!one_read) {
+        if (!to_bf16(&g_bf16_a, dout, N, C, C, op)) return 0;
+        if (sums) colsum_add(sums, dout, N, C);
+        return 1;
+    }
+    int ldd = bf16_ld(C);
+    if (!bf16_reserve(&g_bf16_a, (size_t)N * ldd * sizeof(__nv_bfloat16))) return 0;
+    colsum_add(sums, dout, N, C, g_bf16_a.p);
+    op->type = CUDA_R_16BF, op->p = g_bf16_a.p, op->ld = ldd, op->align = 16;
+    return 1;
+}
+
+/* See cuda_internal.cuh. */
+int tfm_cuda_bf16_operand_colsum(float *sums, const float *dout, int N, int C, tfm_cuda_mat *op) {
+    return to_bf16_colsum(sums, dout, N, C, op);
+}
 
 /* out[N,O] = in[N,I] w[O,I]^T + b[O] (b may be NULL); device pointers. The
  * bias rides in cuBLASLt's epilogue when it can (see gemm_bias). */
@@ -798,7 +834,10 @@ void tfm_cuda_linear_backward_kept(float *din, float *dw, float *db, const float
     if (g_bf16 && N > 0 && n_in > 0 && n_out > 0 && (din || dw)) {
         double flops = 2.0 * N * n_in * n_out * ((din ? 1 : 0) + (dw ? 1 : 0));
         double elements = (double)N * n_out + (din ? (double)n_out * n_in : 0) + (dw ? (double)N * n_in : 0);
-        if (bf16_pays(flops, elements) && to_bf16(&g_bf16_a, dout, N, n_out, n_out, &d16)) a16 = &d16;
+        if (bf16_pays(flops, elements) && to_bf16_colsum(db, dout, N, n_out, &d16)) {
+            a16 = &d16;
+            db = NULL; /* summed with the copy */
+        }
     }
     if (din)
         gemm_bias(0, 0, N, n_in, n_out, 1.0f, dout, n_out, w, n_in, accumulate ? 1.0f : 0.0f, din, n_in, NULL, a16, NULL);
