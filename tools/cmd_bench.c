@@ -13,7 +13,9 @@
  *   greedy     KV-cached greedy decoding of random sources with a fixed output
  *              length: encoder, then out_len decoder steps, argmax each step
  *   sgemm      tfm_gemm at every GEMM shape of a training step, and the
- *              aggregate GFLOP/s of all of them weighted as in one step
+ *              aggregate GFLOP/s of all of them weighted as in one step:
+ *              OpenBLAS's sgemm ("gflops") and, with AVX-512, the library's
+ *              own kernel ("own_gflops")
  *   long       forward + backward of one long sequence, encoder-only model
  *   translate  beam search over a file with a trained model directory
  *
@@ -40,6 +42,7 @@
 #include "infer/translate.h"
 #include "model/model.h"
 #include "ops/ops.h"
+#include "ops/sgemm_avx512.h"
 #include "train/trainer.h"
 
 #ifdef TFM_HAVE_CBLAS
@@ -104,7 +107,8 @@ static void usage(FILE *out) {
             "kinds:\n"
             "  train      whole training steps (forward, label-smoothed loss, backward, Adam), random batch\n"
             "  greedy     KV-cached greedy decoding of random sources, fixed output length (no eos stop)\n"
-            "  sgemm      tfm_gemm GFLOP/s at every GEMM shape of a training step of --config\n"
+            "  sgemm      tfm_gemm GFLOP/s at every GEMM shape of a training step of --config:\n"
+            "             OpenBLAS (gflops) and, with AVX-512, the own kernel (own_gflops)\n"
             "  long       forward + backward of one --len token sequence, encoder-only model\n"
             "  translate  beam search translation of --input with the model in --model\n"
             "\n"
@@ -603,6 +607,28 @@ static void gemm_call(const gemm_shape *g, const float *A, const float *Bm, floa
                  C + i * sc, g->ldc);
 }
 
+/* Seconds per call of one shape: calls until min_time has passed (at least
+ * 3). C is cleared afterwards when the shape accumulates (beta = 1), so that
+ * the next run stays finite. */
+static double time_shape(const gemm_shape *g, const float *A, const float *Bm, float *C, double min_time) {
+    int iters = 0;
+    double t0 = now_s(), el;
+    do {
+        gemm_call(g, A, Bm, C);
+        iters++;
+        el = now_s() - t0;
+    } while (el < min_time || iters < 3);
+    if (g->beta != 0) memset(C, 0, (size_t)g->batch * g->M * g->N * sizeof *C);
+    return el / iters;
+}
+
+/* Every shape is timed with OpenBLAS's sgemm (tfm_gemm on its BLAS path:
+ * "gflops", "ms", the harness's ceiling) and, on a CPU with AVX-512, right
+ * after with the library's own kernel (tfm_gemm on its own path:
+ * "own_gflops", "own_ms"), whatever TFM_GEMM says. "default_gflops" and
+ * "default_ms" are the step's figures with each shape on the path tfm_gemm
+ * takes by default in this process (TFM_GEMM; the summary's "gemm"), from
+ * the same timings. */
 static int run_sgemm(const bench_opts *o) {
     tfm_config cfg;
     size_config(&cfg, o->size);
@@ -631,38 +657,52 @@ static int run_sgemm(const bench_opts *o) {
     for (size_t i = 0; i < max_a; i++) A[i] = (float)((double)(next_u64(&s) >> 11) * 0x1p-52 - 1.0);
     for (size_t i = 0; i < max_b; i++) Bm[i] = (float)((double)(next_u64(&s) >> 11) * 0x1p-52 - 1.0);
     memset(C, 0, max_c * sizeof *C);
+    int default_impl = tfm_gemm_impl_get(), own = tfm_sgemm_avx512_available();
     for (int w = 0; w < o->warmup; w++)
-        for (int i = 0; i < n; i++) gemm_call(&shapes[i], A, Bm, C);
+        for (int i = 0; i < n; i++)
+            for (int impl = 0; impl <= own; impl++) {
+                tfm_gemm_impl_set(impl ? TFM_GEMM_IMPL_OWN : TFM_GEMM_IMPL_BLAS);
+                gemm_call(&shapes[i], A, Bm, C);
+            }
+    memset(C, 0, max_c * sizeof *C);
     for (int r = 0; r < o->reps; r++) {
-        double total_flop = 0, total_s = 0;
+        double total_flop = 0, total_s = 0, own_s = 0, auto_s = 0;
         json_head(o);
         printf(",\"config\":\"%s\",\"rep\":%d,\"shapes\":[", o->size->name, r);
         for (int i = 0; i < n; i++) {
             const gemm_shape *g = &shapes[i];
             double flop = 2.0 * g->M * g->N * g->K * g->batch;
-            int iters = 0;
-            double t0 = now_s(), el;
-            do {
-                gemm_call(g, A, Bm, C);
-                iters++;
-                el = now_s() - t0;
-            } while (el < o->min_time || iters < 3);
-            if (g->beta != 0) memset(C, 0, (size_t)g->batch * g->M * g->N * sizeof *C);
-            double per = el / iters;
+            tfm_gemm_impl_set(TFM_GEMM_IMPL_BLAS);
+            double per = time_shape(g, A, Bm, C, o->min_time);
             total_flop += flop * g->count;
             total_s += per * g->count;
             printf("%s{\"name\":", i ? "," : "");
             json_str(stdout, g->name);
             printf(",\"ta\":%d,\"tb\":%d,\"M\":%d,\"N\":%d,\"K\":%d,\"batch\":%d,\"count\":%d,\"ms\":%.5f,"
-                   "\"gflops\":%.3f}",
+                   "\"gflops\":%.3f",
                    g->ta, g->tb, g->M, g->N, g->K, g->batch, g->count, 1e3 * per, flop / per * 1e-9);
+            if (own) {
+                tfm_gemm_impl_set(TFM_GEMM_IMPL_OWN);
+                double per_own = time_shape(g, A, Bm, C, o->min_time);
+                own_s += per_own * g->count;
+                tfm_gemm_impl_set(default_impl);
+                auto_s += (tfm_gemm_impl_for(g->M, g->N, g->K) == TFM_GEMM_IMPL_OWN ? per_own : per) * g->count;
+                printf(",\"own_ms\":%.5f,\"own_gflops\":%.3f", 1e3 * per_own, flop / per_own * 1e-9);
+            }
+            printf("}");
         }
         ms[r] = 1e3 * total_s;
-        printf("],\"flop\":%.6e,\"ms\":%.4f,\"gflops\":%.4f}\n", total_flop, ms[r], total_flop / total_s * 1e-9);
+        printf("],\"flop\":%.6e,\"ms\":%.4f,\"gflops\":%.4f", total_flop, ms[r], total_flop / total_s * 1e-9);
+        if (own)
+            printf(",\"own_ms\":%.4f,\"own_gflops\":%.4f,\"default_ms\":%.4f,\"default_gflops\":%.4f", 1e3 * own_s,
+                   total_flop / own_s * 1e-9, 1e3 * auto_s, total_flop / auto_s * 1e-9);
+        printf("}\n");
         fflush(stdout);
     }
-    char extra[64];
-    snprintf(extra, sizeof extra, ",\"config\":\"%s\"", o->size->name);
+    tfm_gemm_impl_set(default_impl);
+    char extra[96];
+    snprintf(extra, sizeof extra, ",\"config\":\"%s\",\"gemm\":\"%s\"", o->size->name,
+             default_impl == TFM_GEMM_IMPL_OWN ? "own" : default_impl == TFM_GEMM_IMPL_AUTO ? "auto" : "blas");
     print_summary(o, ms, o->reps, extra);
     free(A), free(Bm), free(C), free(ms);
     return 0;

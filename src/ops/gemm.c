@@ -7,11 +7,88 @@
  * cblas_dgemv when C is a single row (M == 1); without BLAS it runs a
  * portable, cache-friendly loop parallelised over rows of C. beta == 0 never
  * reads C, so C may hold garbage (NaN) on entry, as with BLAS.
+ *
+ * Float GEMMs with M > 1 large enough to win (own_wins below: the linear
+ * layers, not the small attention products) go to the library's own AVX-512
+ * kernel (sgemm_avx512.c) instead, when the CPU has AVX-512 and TFM_GEMM
+ * does not say otherwise: TFM_GEMM=blas keeps every GEMM on BLAS, =own sends
+ * every one with M > 1 to the own kernel, =auto (the default) chooses per
+ * shape. docs/performance.md has the figures. The double build (ops_f64.c)
+ * always takes the BLAS or portable path.
  */
 #include "ops/ops.h"
 
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops/sgemm_avx512.h"
+
 #ifdef TFM_HAVE_CBLAS
 #include <cblas.h>
+#endif
+
+#ifdef TFM_HAVE_CBLAS
+#define TFM_GEMM_HAVE_BLAS 1
+#else
+#define TFM_GEMM_HAVE_BLAS 0
+#endif
+
+#ifndef TFM_OPS_F64
+/* The float GEMM in use (TFM_GEMM_IMPL_*): read from TFM_GEMM on first use
+ * (blas, own or auto; unset = auto), or set by tfm_gemm_impl_set. A relaxed
+ * atomic: every thread reads the same value once it is set, and racing first
+ * readers compute the same one. */
+static int gemm_impl = -1;
+
+static int gemm_impl_from_env(void) {
+    const char *env = getenv("TFM_GEMM");
+    int own = tfm_sgemm_avx512_available();
+    if (!env || !*env || !strcmp(env, "auto")) return own ? TFM_GEMM_IMPL_AUTO : TFM_GEMM_IMPL_BLAS;
+    if (!strcmp(env, "blas")) return TFM_GEMM_IMPL_BLAS;
+    if (!strcmp(env, "own")) {
+        if (!own) fprintf(stderr, "transformer: TFM_GEMM=own needs a CPU with AVX-512; using BLAS\n");
+        return own ? TFM_GEMM_IMPL_OWN : TFM_GEMM_IMPL_BLAS;
+    }
+    fprintf(stderr, "transformer: TFM_GEMM=%s: expected blas, own or auto; using auto\n", env);
+    return own ? TFM_GEMM_IMPL_AUTO : TFM_GEMM_IMPL_BLAS;
+}
+
+/* AUTO's choice for one product (M > 1). The own kernel packs both operands
+ * and computes whole 12 x 32 tiles; OpenBLAS 0.3.21 has unpacked kernels for
+ * small products. Measured single-threaded on the project's machine (Zen 4;
+ * docs/performance.md): OpenBLAS wins below about 2^20 multiply-adds (24x24x64,
+ * the attention products of a training step: 77 vs 51 GFLOP/s) and at K = 64
+ * (64x512x64: 90 vs 84); the own kernel wins from 128^3 up (1.03-1.07x) and at
+ * every linear-layer shape of the training step. Without BLAS the own kernel
+ * always beats the portable loop. */
+static int own_wins(int M, int N, int K) {
+    if (!TFM_GEMM_HAVE_BLAS) return 1;
+    return K >= 128 && (double)M * N * K >= 1048576.0;
+}
+
+int tfm_gemm_impl_get(void) {
+    int v = __atomic_load_n(&gemm_impl, __ATOMIC_RELAXED);
+    if (v < 0) {
+        v = gemm_impl_from_env();
+        __atomic_store_n(&gemm_impl, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+
+int tfm_gemm_impl_for(int M, int N, int K) {
+    int impl = tfm_gemm_impl_get();
+    if (M <= 1 && TFM_GEMM_HAVE_BLAS) return TFM_GEMM_IMPL_BLAS;
+    if (impl == TFM_GEMM_IMPL_AUTO) return own_wins(M, N, K) ? TFM_GEMM_IMPL_OWN : TFM_GEMM_IMPL_BLAS;
+    return impl;
+}
+
+int tfm_gemm_impl_set(int impl) {
+    int old = tfm_gemm_impl_get();
+    if (impl != TFM_GEMM_IMPL_BLAS && !tfm_sgemm_avx512_available()) impl = TFM_GEMM_IMPL_BLAS;
+    __atomic_store_n(&gemm_impl, impl, __ATOMIC_RELAXED);
+    return old;
+}
 #endif
 
 /* Below about this many multiply-adds a parallel region costs more than it
@@ -31,6 +108,14 @@ void OPFN(tfm_gemm)(int trans_a, int trans_b, int M, int N, int K, real alpha, c
             for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] = beta == 0 ? 0 : beta * C[(size_t)i * ldc + j];
         return;
     }
+#ifndef TFM_OPS_F64
+    /* M == 1 stays on gemv below (it streams op(B) once; a packed GEMM would
+     * copy it first). */
+    if (tfm_gemm_impl_for(M, N, K) == TFM_GEMM_IMPL_OWN) {
+        tfm_sgemm_avx512(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+#endif
 #ifdef TFM_HAVE_CBLAS
     if (M == 1) {
         /* One row (a decoding step of one sentence, attention with one query):
