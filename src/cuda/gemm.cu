@@ -691,10 +691,17 @@ __global__ void __launch_bounds__(32 * RG) colsum_kernel(float *out, const float
  * copy (NULL: none): the bf16 copy of x as to_bf16_kernel makes it, rows of
  * ldc16 = bf16_ld(C) (16-byte aligned, columns C..ldc16-1 zero), written from
  * the same loads: linear_backward's output gradient is both summed and
- * multiplied, and this reads it once instead of twice. */
+ * multiplied, and this reads it once instead of twice.
+ * sums and counters (NULL: none; with several chunks, out the partials): the
+ * second pass in the same launch: the last block of each column tile to
+ * finish (counters[blockIdx.x], an atomic count, reset to 0 after) adds the
+ * partials of its columns, chunks in order within a row group and the row
+ * groups in order, into sums: the same total whichever block finishes last,
+ * without a second kernel (54 launches a base training step). */
 template <int RG>
 __global__ void __launch_bounds__(32 * RG) colsum4_kernel(float *out, const float *x, int N, int C, int rows,
-                                                          int accumulate, __nv_bfloat16 *copy, int ldc16) {
+                                                          int accumulate, __nv_bfloat16 *copy, int ldc16,
+                                                          float *sums, unsigned *counters) {
     __shared__ float4 part[RG][32];
     int c = (blockIdx.x * 32 + threadIdx.x) * 4;
     long n0 = (long)blockIdx.y * rows, n1 = n0 + rows < N ? n0 + rows : N;
@@ -723,6 +730,42 @@ __global__ void __launch_bounds__(32 * RG) colsum4_kernel(float *out, const floa
         if (accumulate) t.x += o[0], t.y += o[1], t.z += o[2], t.w += o[3];
         o[0] = t.x, o[1] = t.y, o[2] = t.z, o[3] = t.w;
     }
+    if (!counters) return; /* the whole block */
+    __shared__ int last;
+    __threadfence(); /* this block's partials, visible before it is counted */
+    __syncthreads();
+    if (threadIdx.x == 0 && threadIdx.y == 0) last = atomicAdd(&counters[blockIdx.x], 1u) == gridDim.y - 1;
+    __syncthreads();
+    if (!last) return;
+    float4 s2 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (c < C)
+        for (int r = threadIdx.y; r < (int)gridDim.y; r += RG) {
+            float4 v = __ldcg((const float4 *)(out + (long)r * C + c)); /* from L2: other blocks wrote them */
+            s2.x += v.x, s2.y += v.y, s2.z += v.z, s2.w += v.w;
+        }
+    part[threadIdx.y][threadIdx.x] = s2;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < C) {
+        float4 t = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        for (int r = 0; r < RG; r++) {
+            float4 v = part[r][threadIdx.x];
+            t.x += v.x, t.y += v.y, t.z += v.z, t.w += v.w;
+        }
+        sums[c] += t.x, sums[c + 1] += t.y, sums[c + 2] += t.z, sums[c + 3] += t.w;
+    }
+    if (threadIdx.x == 0 && threadIdx.y == 0) counters[blockIdx.x] = 0; /* for the next launch */
+}
+
+/* The column tiles' finish counters of colsum4_kernel: zeroed once, left
+ * zeroed by every launch. COLSUM_TILES_MAX tiles of 128 columns. */
+#define COLSUM_TILES_MAX 4096
+static unsigned *colsum_counters(void) {
+    static unsigned *counters;
+    if (!counters) {
+        TFM_CUDA_CHECK(cudaMalloc(&counters, COLSUM_TILES_MAX * sizeof *counters));
+        TFM_CUDA_CHECK(cudaMemsetAsync(counters, 0, COLSUM_TILES_MAX * sizeof *counters, tfm_cuda_stream()));
+    }
+    return counters;
 }
 
 /* sums[c] += column sums of x[N, C]; with copy (C % 4 == 0, x 16-byte
@@ -745,10 +788,15 @@ static void colsum_add(float *sums, const float *x, int N, int C, __nv_bfloat16 
     float *part = chunks == 1 ? sums : (float *)tfm_cuda_scratch((size_t)chunks * C * sizeof(float)); /* [chunks, C] */
     int acc = chunks == 1; /* one chunk: straight into sums */
     TFM_CUDA_ASSERT(!copy || (C % 4 == 0 && (uintptr_t)x % 16 == 0));
-    if (C % 4 == 0 && (uintptr_t)x % 16 == 0)
-        colsum4_kernel<8><<<dim3((unsigned)((C + 127) / 128), (unsigned)chunks), dim3(32, 8), 0, st>>>(
-            part, x, N, C, rows, acc, copy, bf16_ld(C));
-    else colsum_kernel<8><<<dim3(col_tiles, (unsigned)chunks), dim3(32, 8), 0, st>>>(part, x, N, C, rows, acc);
+    unsigned tiles4 = (unsigned)((C + 127) / 128);
+    if (C % 4 == 0 && (uintptr_t)x % 16 == 0 && tiles4 <= COLSUM_TILES_MAX) {
+        /* one launch: the last block of each column tile adds the partials */
+        colsum4_kernel<8><<<dim3(tiles4, (unsigned)chunks), dim3(32, 8), 0, st>>>(
+            part, x, N, C, rows, acc, copy, bf16_ld(C), acc ? NULL : sums, acc ? NULL : colsum_counters());
+        TFM_CUDA_LAUNCHED();
+        return;
+    }
+    colsum_kernel<8><<<dim3(col_tiles, (unsigned)chunks), dim3(32, 8), 0, st>>>(part, x, N, C, rows, acc);
     TFM_CUDA_LAUNCHED();
     if (acc) return;
     colsum_kernel<32><<<dim3(col_tiles, 1), dim3(32, 32), 0, st>>>(sums, part, (int)chunks, C, (int)chunks, 1);
