@@ -1477,6 +1477,64 @@ static void test_linear_kept(int N, int I, int O, int bf16, int kept, int acc) {
     free(in), free(w), free(b), free(dout), free(din), free(dw), free(db), free(out);
 }
 
+/* params_lowp (backend.h): in BF16 mode the products read the parameters'
+ * bf16 copy while it is current. A "parameter buffer" of two weights, one at
+ * an offset of 16 floats (its copy is used) and one 4 floats off the copy's
+ * 16-byte rows (converted as before); linear_forward against the CPU on the
+ * bf16-rounded operands within TOL (as test_gemm_bf16) after: registering;
+ * an upload into the buffer (the copy is no longer current: the new weights
+ * must show); re-registering; an Adam update of the whole buffer (which
+ * writes the copy: the updated weights must show without re-registering);
+ * an add into it (drops the copy again). */
+static void test_params_lowp(void) {
+    int N = 1000, I = 512, O = 640;
+    size_t wi = (size_t)O * I, np = 16 + wi + 4 + wi;
+    float *params = hrand(np, -0.5f, 0.5f), *in = hrand((size_t)N * I, -1, 1), *out = hnan((size_t)N * O);
+    float *d_params = dputf(params, np), *d_in = dputf(in, (size_t)N * I), *d_out = dputf(out, (size_t)N * O);
+    float *rin = hround(in, (size_t)N * I);
+    const size_t offs[2] = {16, 16 + wi + 4};
+    CHECK(G->set_matmul_precision(TFM_MATMUL_BF16), "bf16 mode refused");
+    G->params_lowp(d_params, np);
+    for (int stage = 0; stage < 4; stage++) {
+        static const char *what[4] = {"registered", "after an upload", "after Adam", "after an add"};
+        if (stage == 1) { /* new values for the first weight, through upload */
+            float *fresh = hrand(wi, -0.5f, 0.5f);
+            memcpy(params + offs[0], fresh, wi * sizeof *fresh);
+            G->upload(d_params + offs[0], fresh, wi * sizeof *fresh);
+            free(fresh);
+        } else if (stage == 2) { /* re-registered, then one Adam step of the whole buffer */
+            G->params_lowp(d_params, np);
+            float *g = hrand(np, -1, 1), *zero = calloc(np, sizeof *zero);
+            float *d_g = dputf(g, np), *d_m = dputf(zero, np), *d_v = dputf(zero, np), norm = 1.0f;
+            float *d_norm = dputf(&norm, 1);
+            tfm_adam_coefs c = {.beta1 = 0.9f, .beta2 = 0.98f, .one_minus_beta1 = 0.1f, .one_minus_beta2 = 0.02f,
+                                .eps = 1e-9f, .neg_step = -0.01f, .bc2_sqrt = 0.1414f, .decay = 1.0f};
+            G->adam_update_clipped(&c, d_params, d_g, d_m, d_v, np, d_norm, 0.0f);
+            G->download(params, d_params, np * sizeof *params);
+            G->free(d_g), G->free(d_m), G->free(d_v), G->free(d_norm);
+            free(g), free(zero);
+        } else if (stage == 3) { /* y += x into the first weight */
+            float *x = hrand(wi, -0.1f, 0.1f), *d_x = dputf(x, wi);
+            G->add(d_params + offs[0], d_x, wi);
+            G->download(params, d_params, np * sizeof *params);
+            G->free(d_x), free(x);
+        }
+        for (int k = 0; k < 2; k++) {
+            float *rw = hround(params + offs[k], wi);
+            G->linear_forward(d_out, d_in, d_params + offs[k], NULL, N, I, O);
+            C->linear_forward(out, rin, rw, NULL, N, I, O);
+            char name[96];
+            snprintf(name, sizeof name, "params_lowp weight %s, %s", k ? "off the rows" : "aligned", what[stage]);
+            cmp(name, d_out, out, (size_t)N * O);
+            free(rw);
+        }
+    }
+    G->params_lowp(NULL, 0);
+    CHECK(G->set_matmul_precision(TFM_MATMUL_FP32), "fp32 mode refused");
+    G->free(d_params), G->free(d_in), G->free(d_out);
+    free(params), free(in), free(out), free(rin);
+}
+
 /* -------------------------------------------------------------------- FFN */
 
 /* max|a - b| / max|b| over n floats (infinite where a is NaN), printing
@@ -1882,6 +1940,7 @@ int main(void) {
     }
     test_logits_loss(600, 520, 1001, 1, 1, 1, "8");         /* packed, 1008 columns */
     test_logits_loss(301, 256, 37000, 1, 1, 0, NULL);       /* the model's vocabulary: 37056 columns */
+    test_params_lowp();
     for (int acc = 0; acc < 2; acc++) {
         test_linear_kept(2000, 256, 512, 1, 1, acc); /* the copies pay: kept */
         test_linear_kept(2000, 256, 388, 1, 1, acc); /* dout's copy padded (388 % 8 == 4), summed in one read */

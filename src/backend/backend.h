@@ -70,6 +70,16 @@ typedef struct tfm_backend {
     void (*topk_logprobs)(int32_t *ids, float *vals, const float *x, int N, int V, int k, int skip_a, int skip_b,
                           int skip_c);
 
+    /* The model's parameters params[n] (backend memory) are about to be read
+     * by a forward and its backward: a backend may keep a lower-precision
+     * copy of them for its products (CUDA in BF16 mode: a bf16 copy, made
+     * here when it is not current, kept current by the Adam updates of that
+     * buffer, and dropped by every other write into it through this table:
+     * upload, copy, zero, scale, add, copy_rows, gather_rows). A product
+     * reads the copy only while it is current, so a weight changed by any of
+     * those is never read stale. The CPU keeps nothing. */
+    void (*params_lowp)(const float *params, size_t n);
+
     /* ---- flat buffers (optimizer, residual sums): src/ops/adam.c ---- */
     float (*global_norm)(const float *x, size_t n);   /* sqrt(sum x^2); waits */
     void (*scale)(float *x, size_t n, float s);      /* x *= s */

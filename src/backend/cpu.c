@@ -67,6 +67,7 @@ static void cpu_linear_backward_kept(float *din, float *dw, float *db, const flo
                                      const void *keep, const float *w, int N, int n_in, int n_out, int accumulate) {
     tfm_linear_backward(din, dw, db, dout, in, w, N, n_in, n_out, accumulate);
 }
+static void cpu_params_lowp(const float *params, size_t n) {}
 static int cpu_set_matmul_precision(tfm_matmul_precision p) { return p == TFM_MATMUL_FP32; }
 static void cpu_copy_rows(float *dst, long dst_row, const float *src, long src_row, size_t width, int rows) {
     for (int r = 0; r < rows; r++) memmove(dst + r * dst_row, src + r * src_row, width * sizeof *dst);
@@ -134,6 +135,7 @@ static const tfm_backend cpu_backend = {
     .gather_rows = cpu_gather_rows,
     .argmax_rows = cpu_argmax_rows,
     .topk_logprobs = tfm_topk_logprobs,
+    .params_lowp = cpu_params_lowp,
     .global_norm = tfm_global_norm,
     .global_norm_to = cpu_global_norm_to,
     .adam_update_clipped = cpu_adam_update_clipped,

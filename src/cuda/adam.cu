@@ -76,6 +76,7 @@ __global__ void scale_kernel(float *x, size_t n, float s) {
 /* x[n] *= s */
 void tfm_cuda_scale(float *x, size_t n, float s) {
     if (n == 0) return;
+    tfm_cuda_params_written(x, n * sizeof *x);
     scale_kernel<<<tfm_cuda_blocks(n, TFM_CUDA_THREADS), TFM_CUDA_THREADS, 0, tfm_cuda_stream()>>>(x, n, s);
     TFM_CUDA_LAUNCHED();
 }
@@ -103,6 +104,7 @@ __global__ void add_kernel(float *y, const float *x, size_t n, int vec) {
 /* y[n] += x[n] */
 void tfm_cuda_add(float *y, const float *x, size_t n) {
     if (n == 0) return;
+    tfm_cuda_params_written(y, n * sizeof *y);
     int vec = (uintptr_t)y % 16 == 0 && (uintptr_t)x % 16 == 0;
     unsigned blocks = tfm_cuda_blocks(vec ? (n + 3) / 4 : n, TFM_CUDA_THREADS);
     add_kernel<<<blocks, TFM_CUDA_THREADS, 0, tfm_cuda_stream()>>>(y, x, n, vec);
@@ -116,8 +118,10 @@ __device__ __forceinline__ float madd2(float a, float b, float c) { return __fad
  * the kernel changes nothing; when clip > 0 and tfm_clip_coef(norm, clip) < 1
  * each gradient is multiplied by that coefficient as it is read (the CPU's
  * tfm_scale then update, the same roundings). */
+/* param16 (NULL: none): the parameters' bf16 copy (gemm.cu's params_lowp),
+ * written with each updated parameter so that it stays current. */
 __global__ void adam_kernel(tfm_adam_coefs c, float *param, const float *grad, float *m, float *v, size_t n,
-                            const float *norm, float clip) {
+                            const float *norm, float clip, __nv_bfloat16 *param16) {
     float coef = 1.0f;
     if (norm) {
         float nv = *norm;
@@ -132,7 +136,9 @@ __global__ void adam_kernel(tfm_adam_coefs c, float *param, const float *grad, f
         float mi = madd2(c.one_minus_beta1, g, __fmul_rn(m[i], c.beta1));
         float vi = madd2(__fmul_rn(c.one_minus_beta2, g), g, __fmul_rn(v[i], c.beta2));
         float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), c.bc2_sqrt), c.eps);
-        param[i] = __fadd_rn(w, __fdiv_rn(__fmul_rn(c.neg_step, mi), denom));
+        float updated = __fadd_rn(w, __fdiv_rn(__fmul_rn(c.neg_step, mi), denom));
+        param[i] = updated;
+        if (param16) param16[i] = __float2bfloat16_rn(updated);
         m[i] = mi;
         v[i] = vi;
     }
@@ -143,8 +149,11 @@ __global__ void adam_kernel(tfm_adam_coefs c, float *param, const float *grad, f
 void tfm_cuda_adam_update(const tfm_adam_coefs *c, float *param, const float *grad, float *m, float *v,
                           size_t n) {
     if (n == 0) return;
+    __nv_bfloat16 *param16 = tfm_cuda_params_lowp_for(param, n);
+    if (!param16) tfm_cuda_params_written(param, n * sizeof *param);
     adam_kernel<<<tfm_cuda_blocks(n, TFM_CUDA_THREADS), TFM_CUDA_THREADS, 0, tfm_cuda_stream()>>>(*c, param, grad,
-                                                                                                   m, v, n, NULL, 0);
+                                                                                                   m, v, n, NULL, 0,
+                                                                                                   param16);
     TFM_CUDA_LAUNCHED();
 }
 
@@ -153,7 +162,9 @@ void tfm_cuda_adam_update(const tfm_adam_coefs *c, float *param, const float *gr
 void tfm_cuda_adam_update_clipped(const tfm_adam_coefs *c, float *param, float *grad, float *m, float *v, size_t n,
                                   const float *norm, float clip_norm) {
     if (n == 0) return;
+    __nv_bfloat16 *param16 = tfm_cuda_params_lowp_for(param, n);
+    if (!param16) tfm_cuda_params_written(param, n * sizeof *param);
     adam_kernel<<<tfm_cuda_blocks(n, TFM_CUDA_THREADS), TFM_CUDA_THREADS, 0, tfm_cuda_stream()>>>(
-        *c, param, grad, m, v, n, norm, clip_norm);
+        *c, param, grad, m, v, n, norm, clip_norm, param16);
     TFM_CUDA_LAUNCHED();
 }

@@ -83,7 +83,11 @@ static void cu_free(void *p) {
 /* From pageable host memory the copy is staged before cudaMemcpyAsync
  * returns, so the caller may reuse src_host at once; the device sees the data
  * in stream order. */
+/* The writes of the table into device memory tell gemm.cu, whose bf16 copy
+ * of the parameters is then no longer current if they hit them
+ * (tfm_cuda_params_written; backend.h's params_lowp). */
 static void cu_upload(void *dst, const void *src_host, size_t bytes) {
+    tfm_cuda_params_written(dst, bytes);
     if (bytes) TFM_CUDA_CHECK(cudaMemcpyAsync(dst, src_host, bytes, cudaMemcpyHostToDevice, g_stream));
 }
 
@@ -94,10 +98,12 @@ static void cu_download(void *dst_host, const void *src, size_t bytes) {
 
 /* Unlike the CPU's memmove, the ranges must not overlap (no caller needs it). */
 static void cu_copy(void *dst, const void *src, size_t bytes) {
+    tfm_cuda_params_written(dst, bytes);
     if (bytes && dst != src) TFM_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, g_stream));
 }
 
 static void cu_zero(void *dst, size_t bytes) {
+    tfm_cuda_params_written(dst, bytes);
     if (bytes) TFM_CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, g_stream));
 }
 
@@ -106,6 +112,7 @@ static void cu_sync(void) { TFM_CUDA_CHECK(cudaStreamSynchronize(g_stream)); }
 /* Strided rows (the KV-cache append): one 2-D copy. */
 static void cu_copy_rows(float *dst, long dst_row, const float *src, long src_row, size_t width, int rows) {
     if (!width || rows <= 0) return;
+    tfm_cuda_params_written(dst, ((size_t)(rows - 1) * dst_row + width) * sizeof(float));
     TFM_CUDA_CHECK(cudaMemcpy2DAsync(dst, (size_t)dst_row * sizeof(float), src, (size_t)src_row * sizeof(float),
                                      width * sizeof(float), (size_t)rows, cudaMemcpyDeviceToDevice, g_stream));
 }
@@ -418,6 +425,7 @@ static void cu_topk_logprobs(int32_t *ids, float *vals, const float *x, int N, i
 
 static void cu_gather_rows(float *dst, const float *src, long row, size_t width, const int32_t *from, int n) {
     if (!width || n <= 0) return;
+    tfm_cuda_params_written(dst, ((size_t)(n - 1) * row + width) * sizeof(float));
     unsigned bx = tfm_cuda_blocks(width, TFM_CUDA_THREADS);
     if (bx > 64) bx = 64;
     gather_rows_kernel<<<dim3(bx, (unsigned)n), TFM_CUDA_THREADS, 0, g_stream>>>(dst, src, row, width, from);
@@ -452,6 +460,7 @@ static void fill_table(tfm_backend *t) {
     t->gather_rows = cu_gather_rows;
     t->argmax_rows = cu_argmax_rows;
     t->topk_logprobs = cu_topk_logprobs;
+    t->params_lowp = tfm_cuda_params_lowp;
     t->global_norm = tfm_cuda_global_norm;
     t->global_norm_to = tfm_cuda_global_norm_to;
     t->adam_update_clipped = tfm_cuda_adam_update_clipped;

@@ -80,6 +80,15 @@ void *tfm_cuda_lt_workspace(size_t *bytes);
  * that uses it. */
 void *tfm_cuda_scratch(size_t bytes);
 
+/* The parameters' bf16 copy (gemm.cu; backend.h's params_lowp):
+ * tfm_cuda_params_written: a write of `bytes` at dst is queued; the copy is
+ * no longer current if that touches the parameters. tfm_cuda_params_lowp_for:
+ * the current copy when param[n] is exactly the registered buffer (an Adam
+ * update of it writes the copy too), else NULL. */
+void tfm_cuda_params_lowp(const float *params, size_t n);
+void tfm_cuda_params_written(const void *dst, size_t bytes);
+__nv_bfloat16 *tfm_cuda_params_lowp_for(const float *param, size_t n);
+
 /* ------------------------------------------------------------ launch sizes */
 
 #define TFM_CUDA_THREADS 256

@@ -519,10 +519,82 @@ void tfm_cuda_to_bf16(__nv_bfloat16 *dst, int ldd, const float *src, int rows, i
     TFM_CUDA_LAUNCHED();
 }
 
+/* ------------------------------------------- the parameters' bf16 copy */
+
+/* backend.h's params_lowp: in BF16 mode a bf16 copy of the model's whole
+ * parameter buffer, so that the weights are not converted at every product
+ * that reads them (a base training step converted each of its ~150 weight
+ * matrices twice, forward and din, in ~150 small launches: ~0.4 ms with the
+ * gaps between them). The copy is `current` from params_lowp (which converts
+ * when it is not) until a write into the buffer other than an Adam update of
+ * the whole buffer (which writes the copy too: adam.cu):
+ * tfm_cuda_params_written, called by every such op of the table. Products
+ * take it for operands inside the buffer (shadow_operand). */
+static struct {
+    const float *p;          /* the registered buffer (NULL: none) */
+    size_t n;
+    __nv_bfloat16 *copy;     /* [n], the same layout */
+    size_t cap;
+    int current;
+} g_params16;
+
+__global__ void flat_to_bf16_kernel(__nv_bfloat16 *dst, const float *src, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = __float2bfloat16_rn(src[i]);
+}
+
+void tfm_cuda_params_lowp(const float *params, size_t n) {
+    if (g_params16.p != params || g_params16.n != n) g_params16.current = 0;
+    g_params16.p = params, g_params16.n = n;
+    if (!g_bf16 || !params || !n || g_params16.current) return;
+    if (g_params16.cap < n) {
+        TFM_CUDA_CHECK(cudaStreamSynchronize(tfm_cuda_stream())); /* products may read the old copy */
+        TFM_CUDA_CHECK(cudaFree(g_params16.copy));
+        g_params16.copy = NULL, g_params16.cap = 0;
+        cudaError_t e = cudaMalloc(&g_params16.copy, n * sizeof(__nv_bfloat16));
+        if (e == cudaErrorMemoryAllocation) { /* no copy: every product converts, as without one */
+            (void)cudaGetLastError();
+            g_params16.copy = NULL;
+            return;
+        }
+        TFM_CUDA_CHECK(e);
+        g_params16.cap = n;
+    }
+    flat_to_bf16_kernel<<<tfm_cuda_blocks(n, TFM_CUDA_THREADS), TFM_CUDA_THREADS, 0, tfm_cuda_stream()>>>(
+        g_params16.copy, params, n);
+    TFM_CUDA_LAUNCHED();
+    g_params16.current = 1;
+}
+
+void tfm_cuda_params_written(const void *dst, size_t bytes) {
+    const char *d = (const char *)dst, *p = (const char *)g_params16.p;
+    if (g_params16.current && bytes && d < p + g_params16.n * sizeof(float) && p < d + bytes)
+        g_params16.current = 0;
+}
+
+__nv_bfloat16 *tfm_cuda_params_lowp_for(const float *param, size_t n) {
+    return g_params16.current && param == g_params16.p && n == g_params16.n ? g_params16.copy : NULL;
+}
+
+/* The current bf16 copy of src [rows, cols] (row stride lds) where src lies
+ * in the parameter buffer with 16-byte aligned rows there: *op describes it
+ * (row stride lds) and 1 is returned; else 0. */
+static int shadow_operand(const float *src, int rows, int cols, int lds, lt_operand *op) {
+    if (!g_params16.current || !g_params16.copy || rows <= 0 || cols <= 0) return 0;
+    if (src < g_params16.p || src >= g_params16.p + g_params16.n) return 0;
+    size_t off = (size_t)(src - g_params16.p), end = off + (size_t)(rows - 1) * lds + cols;
+    if (end > g_params16.n || off % 8 || lds % 8) return 0;
+    op->type = CUDA_R_16BF, op->p = g_params16.copy + off, op->ld = lds, op->align = 16;
+    return 1;
+}
+
 /* Queues the bf16 copy of src [rows, cols] (row stride lds, device) into buf,
  * growing buf first if need be (bf16_reserve), and describes the copy in
- * *op. Returns 0, having queued nothing, when the device has no memory for it. */
+ * *op; or, for a weight with a current copy (shadow_operand), describes that
+ * copy and queues nothing. Returns 0, having queued nothing, when the device
+ * has no memory for it. */
 static int to_bf16(bf16_buffer *buf, const float *src, int rows, int cols, int lds, lt_operand *op) {
+    if (shadow_operand(src, rows, cols, lds, op)) return 1;
     int ldd = bf16_ld(cols);
     if (!bf16_reserve(buf, (size_t)rows * ldd * sizeof(__nv_bfloat16))) return 0;
     tfm_cuda_to_bf16(buf->p, ldd, src, rows, cols, lds);
@@ -545,6 +617,9 @@ static int product_bf16(int ta, int tb, int M, int N, int K, float alpha, const 
     lt_operand a = {CUDA_R_16BF, NULL, bf16_ld(ac), 16}, b = {CUDA_R_16BF, NULL, bf16_ld(bc), 16};
     if (a16) a = *a16;
     if (b16) b = *b16;
+    lt_operand sa, sb; /* weights' current copies, described before the plan check (their row stride) */
+    if (!a16 && shadow_operand(A, ar, ac, lda, &sa)) a16 = &sa, a = sa;
+    if (!b16 && shadow_operand(B, br, bc, ldb, &sb)) b16 = &sb, b = sb;
     /* Skip converting where cuBLASLt would refuse the product anyway (the plan remembers). */
     lt_operand c = {CUDA_R_32F, C, ldc, ptr_align(C)};
     if (!plan_get(CUBLAS_COMPUTE_32F, ta, tb, M, N, K, &a, &b, &c, NULL)->has_algo) return 0;

@@ -617,6 +617,7 @@ tfm_status tfm_model_forward(const tfm_model *m, tfm_workspace *ws, const tfm_ba
     ws->T = has_dec ? b->T : 0;
     ws->training = training;
     ws->seed = seed;
+    m->be->params_lowp(m->params, m->layout.n_params); /* unchanged until the backward is done */
     if (has_enc) {
         stage_tokens(m, ws, b->src, b->B, b->S, ws->src_ids, ws->src_pad, ws->src_pos);
         stack_ctx c = encoder_ctx(ws, training, seed);
