@@ -115,6 +115,24 @@ __device__ __forceinline__ float tfm_warp_max(float v) {
     return v;
 }
 
+/* The end of a LayerNorm row done by one warp from memory (the any-D kernels
+ * of layernorm.cu and fused.cu): x[D] the row, sum the warp's sum of it
+ * (every lane); y[D] = (x - mean) * rstd * w + b with mean and rstd in
+ * double as the CPU's rows, and lane 0 stores them in *mean, *rstd. */
+__device__ __forceinline__ void tfm_cuda_layernorm_row_finish(float *y, float *mean, float *rstd, const float *x,
+                                                              double sum, const float *w, const float *b, int D,
+                                                              float eps, int lane) {
+    double m = sum / D, var = 0;
+    for (int i = lane; i < D; i += 32) var += (x[i] - m) * (x[i] - m);
+    var = tfm_warp_sum(var) / D;
+    float s = (float)(1.0 / sqrt(var + eps));
+    for (int i = lane; i < D; i += 32) y[i] = (float)((x[i] - m) * s) * w[i] + b[i];
+    if (lane == 0) {
+        *mean = (float)m;
+        *rstd = s;
+    }
+}
+
 /* Sum (or max) over a block whose size is a multiple of 32 (at most 1024),
  * returned to every thread. The combining order is fixed by the block size,
  * so results are reproducible run to run. `sh` is 32 elements of shared memory. */

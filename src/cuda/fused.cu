@@ -178,17 +178,7 @@ __global__ void residual_dropout_layernorm_kernel(float *res, float *ln, float *
             r[i] = v;
             m += v;
         }
-        m = tfm_warp_sum(m) / D;
-        double var = 0;
-        for (int i = lane; i < D; i += 32) var += (r[i] - m) * (r[i] - m);
-        var = tfm_warp_sum(var) / D;
-        float s = (float)(1.0 / sqrt(var + eps));
-        float *o = ln + base;
-        for (int i = lane; i < D; i += 32) o[i] = (float)((r[i] - m) * s) * w[i] + b[i];
-        if (lane == 0) {
-            mean[n] = (float)m;
-            rstd[n] = s;
-        }
+        tfm_cuda_layernorm_row_finish(ln + base, mean + n, rstd + n, r, tfm_warp_sum(m), w, b, D, eps, lane);
     }
 }
 

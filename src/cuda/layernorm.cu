@@ -94,17 +94,7 @@ __global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd, c
         const float *x = in + (long)n * D;
         double m = 0;
         for (int i = lane; i < D; i += 32) m += x[i];
-        m = tfm_warp_sum(m) / D;
-        double var = 0;
-        for (int i = lane; i < D; i += 32) var += (x[i] - m) * (x[i] - m);
-        var = tfm_warp_sum(var) / D;
-        float s = (float)(1.0 / sqrt(var + eps));
-        float *y = out + (long)n * D;
-        for (int i = lane; i < D; i += 32) y[i] = (float)((x[i] - m) * s) * w[i] + b[i];
-        if (lane == 0) {
-            mean[n] = (float)m;
-            rstd[n] = s;
-        }
+        tfm_cuda_layernorm_row_finish(out + (long)n * D, mean + n, rstd + n, x, tfm_warp_sum(m), w, b, D, eps, lane);
     }
 }
 
