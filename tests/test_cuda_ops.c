@@ -789,17 +789,58 @@ static void test_fused_layernorm(int N, int D, float p) {
     float *d_x = dputf(x, nd), *d_y = dputf(y, nd), *d_w = dputf(w, D), *d_b = dputf(b, D);
     float *res = hnan(nd), *ln = hnan(nd), *mean = hnan(N), *rstd = hnan(N);
     float *d_res = dputf(res, nd), *d_ln = dputf(ln, nd), *d_mean = dputf(mean, N), *d_rstd = dputf(rstd, N);
-    G->residual_dropout_layernorm(d_res, d_ln, d_mean, d_rstd, d_x, d_y, d_w, d_b, N, D, 1e-5f, p, seed, stream);
-    C->residual_dropout_layernorm(res, ln, mean, rstd, x, y, w, b, N, D, 1e-5f, p, seed, stream);
+    CHECK(G->residual_dropout_layernorm(d_res, d_ln, d_mean, d_rstd, d_x, d_y, d_w, d_b, N, D, 1e-5f, p, seed,
+                                        stream, NULL) == 0, "residual_dropout_layernorm filled a NULL keep");
+    C->residual_dropout_layernorm(res, ln, mean, rstd, x, y, w, b, N, D, 1e-5f, p, seed, stream, NULL);
     cmp_exact("residual_dropout_layernorm res", d_res, res, nd);
     cmp("residual_dropout_layernorm ln", d_ln, ln, nd);
     cmp("residual_dropout_layernorm mean", d_mean, mean, N);
     cmp("residual_dropout_layernorm rstd", d_rstd, rstd, N);
     float *d_io = dputf(x, nd), *poison = hnan(nd);
     G->upload(d_ln, poison, nd * sizeof(float));
-    G->residual_dropout_layernorm(d_io, d_ln, d_mean, d_rstd, d_io, d_y, d_w, d_b, N, D, 1e-5f, p, seed, stream);
+    G->residual_dropout_layernorm(d_io, d_ln, d_mean, d_rstd, d_io, d_y, d_w, d_b, N, D, 1e-5f, p, seed, stream,
+                                  NULL);
     cmp_exact("residual_dropout_layernorm res (res aliases x)", d_io, res, nd);
     cmp("residual_dropout_layernorm ln (res aliases x)", d_ln, ln, nd);
+
+    /* With a keep in BF16 mode (backend.h): filled where the register kernels
+     * take float4 rows of D % 8 == 0, with exactly the bf16 rounding of the
+     * op's own ln (what linear_forward_keep would convert); then a linear
+     * told keep_filled multiplies it: `ln` is NaN by then, so its output can
+     * only be right from the keep (within TOL of the CPU on the rounded ln). */
+    CHECK(G->set_matmul_precision(TFM_MATMUL_BF16), "bf16 mode refused");
+    int O = 512;
+    size_t kb = G->linear_keep_bytes(N, D, O);
+    void *d_keep = G->alloc(kb);
+    int filled = G->residual_dropout_layernorm(d_res, d_ln, d_mean, d_rstd, d_x, d_y, d_w, d_b, N, D, 1e-5f, p,
+                                               seed, stream, d_keep);
+    int expect = D % 8 == 0 && D <= 1024;
+    CHECK(filled == expect, "residual_dropout_layernorm N=%d D=%d: keep %s", N, D, filled ? "filled" : "not filled");
+    if (filled) {
+        float *got_ln = dget(d_ln, nd), *want = hround(got_ln, nd);
+        uint16_t *bits = xmalloc(nd * sizeof *bits);
+        G->download(bits, d_keep, nd * sizeof *bits);
+        float *keep = xmalloc(nd * sizeof *keep);
+        for (size_t i = 0; i < nd; i++) {
+            uint32_t u = (uint32_t)bits[i] << 16;
+            memcpy(&keep[i], &u, sizeof u);
+        }
+        tfm_test_close("residual_dropout_layernorm keep = bf16(ln)", keep, want, nd, 0.0);
+        float *wl = hrand((size_t)O * D, -0.5f, 0.5f), *bl = hrand(O, -1, 1), *out = hnan((size_t)N * O);
+        float *d_wl = dputf(wl, (size_t)O * D), *d_bl = dputf(bl, O), *d_out = dputf(out, (size_t)N * O);
+        G->upload(d_ln, poison, nd * sizeof(float));
+        G->linear_forward_keep(d_out, d_ln, d_wl, d_bl, N, D, O, d_keep, 1);
+        float *rwl = hround(wl, (size_t)O * D);
+        C->linear_forward(out, want, rwl, bl, N, D, O);
+        float *got = dget(d_out, (size_t)N * O);
+        /* gemm.cu's rule for when bf16 copies pay (few rows: the linear reads ln, NaN by now) */
+        if (2.0 * N * D * O >= 512.0 * ((double)N * D + (double)O * D))
+            tfm_test_close("linear_forward_keep on the filled keep", got, out, (size_t)N * O, TOL);
+        free(got), free(rwl), free(wl), free(bl), free(out), free(got_ln), free(want), free(bits), free(keep);
+        G->free(d_wl), G->free(d_bl), G->free(d_out);
+    }
+    G->free(d_keep);
+    CHECK(G->set_matmul_precision(TFM_MATMUL_FP32), "fp32 mode refused");
 
     /* Backward from the CPU's saved statistics; dw, db start from random values. */
     float *dout = hrand(nd, -1, 1), *dw = hrand(D, -1, 1), *db = hrand(D, -1, 1);
@@ -968,7 +1009,8 @@ static void test_layernorm_routes(int N, int D, int off) {
 }
 
 static void test_fused(void) {
-    static const int sizes[][2] = {{37, 24}, {37, 257}, {300, 512}, {7, 511}, {5, 1024}, {3, 1025}, {37, 1337}};
+    static const int sizes[][2] = {{37, 24},  {37, 257},  {300, 512},  {7, 511},
+                                   {5, 1024}, {3, 1025},  {37, 1337},  {2000, 512}};
     for (int k = 0; k < 2; k++) {
         float p = k ? 0.1f : 0.0f;
         for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) test_fused_layernorm(sizes[i][0], sizes[i][1], p);
@@ -1359,7 +1401,7 @@ static void test_logits_backward(int N, int D, int V, int bf16, int pays, int ac
  * and dw within 1e-2 (one element of the gradient a bf16 ulp, 2^-8, off). BF16 with few rows: the composition on FAST_16BF, within 1e-2 of
  * the unrounded CPU. TFM_VOCAB_PAD=8 as well: the padding is only the
  * layout. V = 1001 (not a multiple of 8 or 64) and the model's 37000. */
-static void test_logits_loss(int N, int D, int V, int bf16, int packed, int acc, const char *pad) {
+static void test_logits_loss(int N, int D, int V, int bf16, int packed, int acc, const char *pad, int fused) {
     int pad_id = 1;
     float smoothing = 0.1f, scale = 0.5f;
     size_t nv = (size_t)N * V, nd = (size_t)N * D, vd = (size_t)V * D;
@@ -1376,12 +1418,24 @@ static void test_logits_loss(int N, int D, int V, int bf16, int packed, int acc,
     int32_t *d_t = dput(t, (size_t)N * sizeof *t);
     double acc0 = 0.25, lg = acc0, *d_acc = (double *)dput(&acc0, sizeof acc0);
     if (pad) setenv("TFM_VOCAB_PAD", pad, 1);
+    if (!fused) setenv("TFM_XENT_FUSED", "0", 1);
     CHECK(G->set_matmul_precision(bf16 ? TFM_MATMUL_BF16 : TFM_MATMUL_FP32), "precision refused");
     G->logits_loss_forward(d_logits, d_lse, d_acc, d_in, d_w, d_t, N, D, V, pad_id, smoothing);
-    G->download(&lg, d_acc, sizeof lg);
+    double lg_forward = acc0;
+    G->download(&lg_forward, d_acc, sizeof lg_forward);
     G->logits_backward(d_din, d_dw, d_logits, d_logits, d_lse, d_t, d_in, d_w, N, D, V, pad_id, smoothing, scale,
                        acc, 1);
+    /* The loss is in the accumulator once the backward has run; a packed
+     * forward may leave it (and lse) to the backward (backend.h): with
+     * TFM_XENT_FUSED=0 it never does, otherwise it does where it packs. */
+    G->download(&lg, d_acc, sizeof lg);
+    /* xent.cu's one-pass kernel takes rows of up to 112 KiB of bf16 */
+    int pad_cols = pad ? atoi(pad) : 64, ldv = (V + pad_cols - 1) / pad_cols * pad_cols;
+    int deferred = packed && fused && ldv * 2 <= 112 * 1024;
+    CHECK((lg_forward == acc0) == deferred, "logits_loss %dx%d V=%d: the loss %s after the forward", N, D, V,
+          deferred ? "already added" : "missing");
     if (pad) unsetenv("TFM_VOCAB_PAD");
+    if (!fused) unsetenv("TFM_XENT_FUSED");
     /* The path taken: packed bf16 rows fill at most half the buffer, so its last float is still 0. */
     float last;
     G->download(&last, d_logits + nv - 1, sizeof last);
@@ -1407,10 +1461,13 @@ static void test_logits_loss(int N, int D, int V, int bf16, int packed, int acc,
     float lgf = (float)lg, lcf = (float)lc;
     snprintf(name, sizeof name, "logits_loss %dx%d V=%d pad=%s %s loss", N, D, V, pad ? pad : "64", mode);
     (void)tfm_test_close(name, &lgf, &lcf, 1, tol_loss);
-    float *got = dget(d_lse, N);
-    snprintf(name, sizeof name, "logits_loss %dx%d V=%d pad=%s %s lse", N, D, V, pad ? pad : "64", mode);
-    (void)tfm_test_close(name, got, lse, N, tol_lse);
-    free(got);
+    float *got;
+    if (!deferred) { /* a deferred forward leaves lse unwritten */
+        got = dget(d_lse, N);
+        snprintf(name, sizeof name, "logits_loss %dx%d V=%d pad=%s %s lse", N, D, V, pad ? pad : "64", mode);
+        (void)tfm_test_close(name, got, lse, N, tol_lse);
+        free(got);
+    }
     got = dget(d_din, nd);
     snprintf(name, sizeof name, "logits_loss %dx%d V=%d acc=%d %s din", N, D, V, acc, mode);
     (void)tfm_test_close(name, got, din, nd, tol);
@@ -1434,7 +1491,7 @@ static void test_logits_loss(int N, int D, int V, int bf16, int packed, int acc,
  * backward, so dw can only come out right from the kept copy. fp32 mode (and
  * BF16 with few rows): nothing is kept, within TOL and 1e-2 of the unrounded
  * CPU. acc: din += (else =, NaN before). */
-static void test_linear_kept(int N, int I, int O, int bf16, int kept, int acc) {
+static void test_linear_kept(int N, int I, int O, int bf16, int kept, int acc, int shared) {
     size_t ni = (size_t)N * I, oi = (size_t)O * I, no = (size_t)N * O;
     float *in = hrand(ni, -1, 1), *w = hrand(oi, -0.5f, 0.5f), *b = hrand(O, -1, 1), *dout = hrand(no, -1, 1);
     float *din = acc ? hrand(ni, -1, 1) : hnan(ni), *dw = hrand(oi, -1, 1), *db = hrand(O, -1, 1), *out = hnan(no);
@@ -1443,7 +1500,18 @@ static void test_linear_kept(int N, int I, int O, int bf16, int kept, int acc) {
     size_t kb = G->linear_keep_bytes(N, I, O);
     void *d_keep = kb ? G->alloc(kb) : NULL;
     CHECK(G->set_matmul_precision(bf16 ? TFM_MATMUL_BF16 : TFM_MATMUL_FP32), "precision refused");
-    G->linear_forward_keep(d_out, d_in, d_w, d_b, N, I, O, d_keep);
+    if (shared) {
+        /* keep_filled (backend.h): a first linear of the same input fills
+         * the keep; `in` is NaN before the second, which must read the keep */
+        float *w2 = hrand(oi, -0.5f, 0.5f), *d_w2 = dputf(w2, oi), *d_out2 = (float *)G->alloc(no * sizeof(float));
+        G->linear_forward_keep(d_out2, d_in, d_w2, d_b, N, I, O, d_keep, 0);
+        float *nans = hnan(ni);
+        G->upload(d_in, nans, ni * sizeof *nans);
+        G->linear_forward_keep(d_out, d_in, d_w, d_b, N, I, O, d_keep, 1);
+        free(nans), free(w2), G->free(d_w2), G->free(d_out2);
+    } else {
+        G->linear_forward_keep(d_out, d_in, d_w, d_b, N, I, O, d_keep, 0);
+    }
     if (kept) {
         float *nans = hnan(ni);
         G->upload(d_in, nans, ni * sizeof *nans);
@@ -1466,7 +1534,8 @@ static void test_linear_kept(int N, int I, int O, int bf16, int kept, int acc) {
     const char *what[4] = {"out", "din", "dw", "db"};
     for (int t = 0; t < 4; t++) {
         char name[128];
-        snprintf(name, sizeof name, "linear kept %dx%d->%d acc=%d %s %s", N, I, O, acc, mode, what[t]);
+        snprintf(name, sizeof name, "linear kept %dx%d->%d acc=%d %s%s %s", N, I, O, acc, mode,
+                 shared ? " shared" : "", what[t]);
         float *got = dget(gots[t], ns[t]);
         (void)tfm_test_close(name, got, refs[t], ns[t], tol);
         free(got);
@@ -1934,18 +2003,22 @@ int main(void) {
     test_logits_backward(23, 40, 37000, 0, 0, 1);
     test_logits_backward(301, 256, 37000, 1, 1, 1);
     for (int acc = 0; acc < 2; acc++) {
-        test_logits_loss(37, 72, 1001, 0, 0, acc, NULL);
-        test_logits_loss(37, 72, 1001, 1, 0, acc, NULL);    /* few rows: the composition */
-        test_logits_loss(600, 520, 1001, 1, 1, acc, NULL);  /* packed (the copies pay), 1001 -> 1024 columns */
+        test_logits_loss(37, 72, 1001, 0, 0, acc, NULL, 1);
+        test_logits_loss(37, 72, 1001, 1, 0, acc, NULL, 1);    /* few rows: the composition */
+        test_logits_loss(600, 520, 1001, 1, 1, acc, NULL, 1);  /* packed (the copies pay), 1001 -> 1024 columns */
+        test_logits_loss(600, 520, 1001, 1, 1, acc, NULL, 0);  /* packed, the loss in the forward */
     }
-    test_logits_loss(600, 520, 1001, 1, 1, 1, "8");         /* packed, 1008 columns */
-    test_logits_loss(301, 256, 37000, 1, 1, 0, NULL);       /* the model's vocabulary: 37056 columns */
+    test_logits_loss(600, 520, 1001, 1, 1, 1, "8", 1);      /* packed, 1008 columns */
+    test_logits_loss(301, 256, 37000, 1, 1, 0, NULL, 1);    /* the model's vocabulary: 37056 columns */
+    test_logits_loss(301, 256, 37000, 1, 1, 0, NULL, 0);
+    test_logits_loss(301, 256, 140000, 1, 1, 0, NULL, 1);   /* rows too long for the one-pass kernel */
     test_params_lowp();
     for (int acc = 0; acc < 2; acc++) {
-        test_linear_kept(2000, 256, 512, 1, 1, acc); /* the copies pay: kept */
-        test_linear_kept(2000, 256, 388, 1, 1, acc); /* dout's copy padded (388 % 8 == 4), summed in one read */
-        test_linear_kept(37, 72, 40, 1, 0, acc);     /* few rows: nothing kept */
-        test_linear_kept(301, 72, 40, 0, 0, acc);    /* fp32 */
+        test_linear_kept(2000, 256, 512, 1, 1, acc, 0); /* the copies pay: kept */
+        test_linear_kept(2000, 256, 512, 1, 1, acc, 1); /* the keep filled by an earlier linear of the input */
+        test_linear_kept(2000, 256, 388, 1, 1, acc, 0); /* dout's copy padded (388 % 8 == 4), summed in one read */
+        test_linear_kept(37, 72, 40, 1, 0, acc, 0);     /* few rows: nothing kept */
+        test_linear_kept(301, 72, 40, 0, 0, acc, 0);    /* fp32 */
     }
     test_log_softmax();
     test_ffn();

@@ -109,10 +109,16 @@ typedef struct tfm_backend {
      * copy its own product multiplies), which linear_backward_kept then
      * reads instead of converting `in` again. Results: linear_forward's and
      * linear_backward's; the pair must run in the same matmul precision, on
-     * the same `in`, with nothing else writing keep in between. */
+     * the same `in`, with nothing else writing keep in between.
+     * keep_filled = 1 says that keep already holds that form of this `in`
+     * (unchanged since it was made) for these N and n_in: left there by an
+     * earlier linear_forward_keep of the same sizes (several linears of one
+     * input share one keep: the decoder layers' cross-attention keys and
+     * values of the encoder output), or by a residual_dropout_layernorm that
+     * was given keep and returned 1; the backend may then use it as it is. */
     size_t (*linear_keep_bytes)(int N, int n_in, int n_out);
     void (*linear_forward_keep)(float *out, const float *in, const float *w, const float *b, int N, int n_in,
-                                int n_out, void *keep);
+                                int n_out, void *keep, int keep_filled);
     void (*linear_backward_kept)(float *din, float *dw, float *db, const float *dout, const float *in,
                                  const void *keep, const float *w, int N, int n_in, int n_out, int accumulate);
     void (*embedding_forward)(float *out, const int32_t *ids, const float *table, int N, int D, float scale);
@@ -132,10 +138,15 @@ typedef struct tfm_backend {
     void (*residual_dropout)(float *out, const float *x, const float *y, size_t n, float p, uint64_t seed,
                              uint64_t stream);
     /* Fused element-wise ops (ops_decl.h, src/ops/fused.c): the compositions'
-     * results in one pass. */
-    void (*residual_dropout_layernorm)(float *res, float *ln, float *mean, float *rstd, const float *x,
-                                       const float *y, const float *w, const float *b, int N, int D, float eps,
-                                       float p, uint64_t seed, uint64_t stream);
+     * results in one pass. residual_dropout_layernorm's ln_keep: NULL, or the
+     * keep (linear_keep_bytes(N, D, n_out) bytes) of the linear_forward_keep
+     * that reads ln next; the op may also leave in it the form of ln that
+     * linear would (CUDA in BF16 mode: the bf16 copy, written as the rows are
+     * normalised, which saves that linear a pass over ln) and returns 1 if it
+     * did, 0 if it left keep as it was (the CPU: always). */
+    int (*residual_dropout_layernorm)(float *res, float *ln, float *mean, float *rstd, const float *x,
+                                      const float *y, const float *w, const float *b, int N, int D, float eps,
+                                      float p, uint64_t seed, uint64_t stream, void *ln_keep);
     void (*layernorm_backward_dropout)(float *din, float *ddrop, float *dw, float *db, const float *dout,
                                        const float *in, const float *mean, const float *rstd, const float *w,
                                        int N, int D, float p, uint64_t seed, uint64_t stream);
@@ -198,7 +209,11 @@ typedef struct tfm_backend {
      * the logits are consumed; one backward per forward): the CPU writes the
      * fp32 logits; CUDA in BF16 mode writes bf16 logits with rows padded to a
      * multiple of 64 (the product's output and the loss's input at half the
-     * bytes, and a vocabulary the tensor-core tiles divide). */
+     * bytes, and a vocabulary the tensor-core tiles divide). A backend may
+     * also leave lse and the loss to that backward (CUDA in BF16 mode: one
+     * read of the logits gives the loss and the gradient): the loss then
+     * reaches *loss_acc when logits_backward returns, not before, lse is
+     * left unwritten, and loss_acc must stay valid until then. */
     void (*logits_loss_forward)(float *logits, float *lse, double *loss_acc, const float *in, const float *w,
                                 const int32_t *targets, int N, int D, int V, int pad_id, float smoothing);
     /* The logits' backward, the end of a training step's: the composition

@@ -60,8 +60,14 @@ static void cpu_xent_forward_acc(float *lse, const float *logits, const int32_t 
 /* The CPU keeps nothing: the kept-input linears are the plain ones. */
 static size_t cpu_linear_keep_bytes(int N, int n_in, int n_out) { return 0; }
 static void cpu_linear_forward_keep(float *out, const float *in, const float *w, const float *b, int N, int n_in,
-                                    int n_out, void *keep) {
+                                    int n_out, void *keep, int keep_filled) {
     tfm_linear_forward(out, in, w, b, N, n_in, n_out);
+}
+static int cpu_residual_dropout_layernorm(float *res, float *ln, float *mean, float *rstd, const float *x,
+                                          const float *y, const float *w, const float *b, int N, int D, float eps,
+                                          float p, uint64_t seed, uint64_t stream, void *ln_keep) {
+    tfm_residual_dropout_layernorm(res, ln, mean, rstd, x, y, w, b, N, D, eps, p, seed, stream);
+    return 0; /* nothing kept */
 }
 static void cpu_linear_backward_kept(float *din, float *dw, float *db, const float *dout, const float *in,
                                      const void *keep, const float *w, int N, int n_in, int n_out, int accumulate) {
@@ -159,7 +165,7 @@ static const tfm_backend cpu_backend = {
     .activation_backward = tfm_activation_backward,
     .dropout = tfm_dropout,
     .residual_dropout = tfm_residual_dropout,
-    .residual_dropout_layernorm = tfm_residual_dropout_layernorm,
+    .residual_dropout_layernorm = cpu_residual_dropout_layernorm,
     .layernorm_backward_dropout = tfm_layernorm_backward_dropout,
     .activation_dropout_forward = tfm_activation_dropout_forward,
     .activation_dropout_backward = tfm_activation_dropout_backward,

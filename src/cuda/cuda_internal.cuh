@@ -185,6 +185,13 @@ __global__ void tfm_cuda_map_kernel(float *out, const float *a, const float *b, 
 
 static inline int tfm_cuda_aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
+/* lo and hi rounded to bf16 (to nearest even, as every bf16 copy here is
+ * made), packed with lo in the low half (the lower address). */
+__device__ __forceinline__ unsigned tfm_cuda_bf16x2(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<unsigned *>(&h);
+}
+
 /* Launches tfm_cuda_map_kernel over n elements (n > 0) on the backend's stream. */
 template <int NIN, class F>
 static void tfm_cuda_map(float *out, const float *a, const float *b, size_t n, F f) {
@@ -262,7 +269,11 @@ void tfm_cuda_linear_backward(float *din, float *dw, float *db, const float *dou
 /* linear_keep_bytes, linear_forward_keep, linear_backward_kept (backend.h). */
 size_t tfm_cuda_linear_keep_bytes(int N, int n_in, int n_out);
 void tfm_cuda_linear_forward_keep(float *out, const float *in, const float *w, const float *b, int N, int n_in,
-                                  int n_out, void *keep);
+                                  int n_out, void *keep, int keep_filled);
+/* Whether a producer of a linear's input may fill its keep (backend.h's
+ * keep_filled): BF16 mode and a 16-byte aligned keep; the keep then holds the
+ * input rounded to bf16, rows of (n_in + 7) & ~7 (gemm.cu). */
+int tfm_cuda_keep_writable(const void *keep);
 void tfm_cuda_linear_backward_kept(float *din, float *dw, float *db, const float *dout, const float *in,
                                    const void *keep, const float *w, int N, int n_in, int n_out, int accumulate);
 /* logits_backward (backend.h): in BF16 mode, where the bf16 copy pays, the
@@ -367,9 +378,9 @@ void tfm_cuda_dropout(float *out, const float *in, size_t n, float p, uint64_t s
 void tfm_cuda_residual_dropout(float *out, const float *x, const float *y, size_t n, float p, uint64_t seed,
                                uint64_t stream);
 /* fused.cu */
-void tfm_cuda_residual_dropout_layernorm(float *res, float *ln, float *mean, float *rstd, const float *x,
-                                         const float *y, const float *w, const float *b, int N, int D, float eps,
-                                         float p, uint64_t seed, uint64_t stream);
+int tfm_cuda_residual_dropout_layernorm(float *res, float *ln, float *mean, float *rstd, const float *x,
+                                        const float *y, const float *w, const float *b, int N, int D, float eps,
+                                        float p, uint64_t seed, uint64_t stream, void *ln_keep);
 void tfm_cuda_layernorm_backward_dropout(float *din, float *ddrop, float *dw, float *db, const float *dout,
                                          const float *in, const float *mean, const float *rstd, const float *w,
                                          int N, int D, float p, uint64_t seed, uint64_t stream);
@@ -416,6 +427,12 @@ void tfm_cuda_xent_forward_acc_bf16(float *lse, const __nv_bfloat16 *logits, int
 void tfm_cuda_xent_backward_bf16_from_bf16(__nv_bfloat16 *dst, int ld, const __nv_bfloat16 *logits, const float *lse,
                                            const int32_t *targets, int N, int V, int pad_id, float smoothing,
                                            float scale);
+/* Both in one pass, the gradient over the logits (xent.cu; a training step's
+ * logits, whose loss logits_loss_forward left to the backward). fits: whether
+ * rows of ld bf16 go through it. */
+int tfm_cuda_xent_fused_fits(int ld);
+void tfm_cuda_xent_fused_bf16(__nv_bfloat16 *logits, int ld, float *lse, const int32_t *targets, int N, int V,
+                              int pad_id, float smoothing, float scale, double *loss_acc);
 void tfm_cuda_log_softmax(float *out, const float *logits, int N, int V);
 
 #endif

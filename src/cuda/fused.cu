@@ -116,17 +116,30 @@ __device__ __forceinline__ void fu_store(float *p, const float (&r)[PER], int D,
     }
 }
 
+/* With VEC4: each lane's 4 consecutive columns rounded to bf16 into a row of
+ * bf16 (8-byte stores; the row 8-byte aligned). */
+template <int PER, bool FULL>
+__device__ __forceinline__ void fu_store_bf16(__nv_bfloat16 *p, const float (&r)[PER], int D, int lane) {
+#pragma unroll
+    for (int j = 0; j < PER; j += 4) {
+        int c = fu_col<true>(lane, j);
+        if (!FULL && c >= D) continue;
+        *(uint2 *)(p + c) = make_uint2(tfm_cuda_bf16x2(r[j], r[j + 1]), tfm_cuda_bf16x2(r[j + 2], r[j + 3]));
+    }
+}
+
 /* D <= 32 PER: one warp per row, the row of x and y (and w, b) loaded at once
  * into registers; the residual sum is stored and normalised from registers.
  * VEC4 needs D % 4 == 0 and 16-byte aligned pointers; FULL, VEC4 and
- * D == 32 PER. The launch bounds ask for five blocks of 4 warps per SM (94
+ * D == 32 PER. ln16 (VEC4 only; NULL: none): ln rounded to bf16 as well,
+ * rows of D (a linear's keep, gemm.cu's layout when D % 8 == 0). The launch bounds ask for five blocks of 4 warps per SM (94
  * registers at PER 16, was 98 and four blocks): each warp has one row in
  * flight, so the more warps, the more bytes in flight. */
 template <int PER, bool VEC4, bool FULL>
 __global__ void __launch_bounds__(32 * FU_WARPS, PER <= 16 ? 5 : 1)
-    residual_dropout_layernorm_regs_kernel(float *res, float *ln, float *mean, float *rstd, const float *x,
-                                           const float *y, const float *w, const float *b, int N, int D,
-                                           float eps, fu_drop drop) {
+    residual_dropout_layernorm_regs_kernel(float *res, float *ln, __nv_bfloat16 *ln16, float *mean, float *rstd,
+                                           const float *x, const float *y, const float *w, const float *b, int N,
+                                           int D, float eps, fu_drop drop) {
     int lane = threadIdx.x & 31, n = blockIdx.x * FU_WARPS + (threadIdx.x >> 5);
     if (n >= N) return; /* the whole warp: n is per warp */
     size_t base = (size_t)n * D;
@@ -157,6 +170,7 @@ __global__ void __launch_bounds__(32 * FU_WARPS, PER <= 16 ? 5 : 1)
 #pragma unroll
     for (int j = 0; j < PER; j++) r[j] = (float)((r[j] - m) * s) * wr[j] + br[j];
     fu_store<PER, VEC4, FULL>(ln + base, r, D, lane);
+    if (VEC4 && ln16) fu_store_bf16<PER, FULL>(ln16 + base, r, D, lane);
     if (lane == 0) {
         mean[n] = (float)m;
         rstd[n] = s;
@@ -188,47 +202,61 @@ static unsigned fu_row_blocks(int N) {
 }
 
 template <int PER, bool VEC4, bool FULL>
-static void residual_dropout_layernorm_regs_launch(float *res, float *ln, float *mean, float *rstd, const float *x,
-                                                   const float *y, const float *w, const float *b, int N, int D,
-                                                   float eps, fu_drop drop) {
+static void residual_dropout_layernorm_regs_launch(float *res, float *ln, __nv_bfloat16 *ln16, float *mean,
+                                                   float *rstd, const float *x, const float *y, const float *w,
+                                                   const float *b, int N, int D, float eps, fu_drop drop) {
     unsigned blocks = (unsigned)(((long)N + FU_WARPS - 1) / FU_WARPS);
     residual_dropout_layernorm_regs_kernel<PER, VEC4, FULL><<<blocks, 32 * FU_WARPS, 0, tfm_cuda_stream()>>>(
-        res, ln, mean, rstd, x, y, w, b, N, D, eps, drop);
+        res, ln, ln16, mean, rstd, x, y, w, b, N, D, eps, drop);
 }
 
 template <int PER>
-static void residual_dropout_layernorm_regs(bool vec4, float *res, float *ln, float *mean, float *rstd,
-                                            const float *x, const float *y, const float *w, const float *b, int N,
-                                            int D, float eps, fu_drop drop) {
+static void residual_dropout_layernorm_regs(bool vec4, float *res, float *ln, __nv_bfloat16 *ln16, float *mean,
+                                            float *rstd, const float *x, const float *y, const float *w,
+                                            const float *b, int N, int D, float eps, fu_drop drop) {
     if (vec4 && D == 32 * PER)
-        residual_dropout_layernorm_regs_launch<PER, true, true>(res, ln, mean, rstd, x, y, w, b, N, D, eps, drop);
+        residual_dropout_layernorm_regs_launch<PER, true, true>(res, ln, ln16, mean, rstd, x, y, w, b, N, D, eps,
+                                                                drop);
     else if (vec4)
-        residual_dropout_layernorm_regs_launch<PER, true, false>(res, ln, mean, rstd, x, y, w, b, N, D, eps, drop);
+        residual_dropout_layernorm_regs_launch<PER, true, false>(res, ln, ln16, mean, rstd, x, y, w, b, N, D, eps,
+                                                                 drop);
     else
-        residual_dropout_layernorm_regs_launch<PER, false, false>(res, ln, mean, rstd, x, y, w, b, N, D, eps, drop);
+        residual_dropout_layernorm_regs_launch<PER, false, false>(res, ln, NULL, mean, rstd, x, y, w, b, N, D, eps,
+                                                                  drop);
 }
 
 /* res[N,D] = x + dropout(y); ln = LayerNorm(res), mean[N], rstd[N] saved.
- * res may alias x. Device pointers. */
-void tfm_cuda_residual_dropout_layernorm(float *res, float *ln, float *mean, float *rstd, const float *x,
-                                         const float *y, const float *w, const float *b, int N, int D, float eps,
-                                         float p, uint64_t seed, uint64_t stream) {
-    if (N <= 0 || D <= 0) return;
+ * res may alias x. Device pointers. ln_keep (backend.h): filled, and 1
+ * returned, where the register kernels run with float4 rows (D <= 1024,
+ * D % 8 == 0, aligned rows) and gemm.cu would keep a bf16 copy there
+ * (tfm_cuda_keep_writable): the bf16 of each normalised element, as
+ * to_bf16 would round it from ln. */
+int tfm_cuda_residual_dropout_layernorm(float *res, float *ln, float *mean, float *rstd, const float *x,
+                                        const float *y, const float *w, const float *b, int N, int D, float eps,
+                                        float p, uint64_t seed, uint64_t stream, void *ln_keep) {
+    if (N <= 0 || D <= 0) return 0;
     fu_drop drop = make_drop(p, seed, stream);
     bool vec4 = D % 4 == 0 && tfm_cuda_aligned16(res) && tfm_cuda_aligned16(ln) && tfm_cuda_aligned16(x) &&
                 tfm_cuda_aligned16(y) && tfm_cuda_aligned16(w) && tfm_cuda_aligned16(b);
+    const char *off = getenv("TFM_LN_KEEP"); /* "0": never fill (A/B timing) */
+    __nv_bfloat16 *ln16 = vec4 && D % 8 == 0 && D <= FU_REG_MAX_D && tfm_cuda_keep_writable(ln_keep) &&
+                                  !(off && !strcmp(off, "0"))
+                              ? (__nv_bfloat16 *)ln_keep
+                              : NULL;
     if (D <= 128)
-        residual_dropout_layernorm_regs<4>(vec4, res, ln, mean, rstd, x, y, w, b, N, D, eps, drop);
+        residual_dropout_layernorm_regs<4>(vec4, res, ln, ln16, mean, rstd, x, y, w, b, N, D, eps, drop);
     else if (D <= 256)
-        residual_dropout_layernorm_regs<8>(vec4, res, ln, mean, rstd, x, y, w, b, N, D, eps, drop);
+        residual_dropout_layernorm_regs<8>(vec4, res, ln, ln16, mean, rstd, x, y, w, b, N, D, eps, drop);
     else if (D <= 512)
-        residual_dropout_layernorm_regs<16>(vec4, res, ln, mean, rstd, x, y, w, b, N, D, eps, drop);
+        residual_dropout_layernorm_regs<16>(vec4, res, ln, ln16, mean, rstd, x, y, w, b, N, D, eps, drop);
     else if (D <= FU_REG_MAX_D)
-        residual_dropout_layernorm_regs<FU_REG_MAX_D / 32>(vec4, res, ln, mean, rstd, x, y, w, b, N, D, eps, drop);
+        residual_dropout_layernorm_regs<FU_REG_MAX_D / 32>(vec4, res, ln, ln16, mean, rstd, x, y, w, b, N, D, eps,
+                                                           drop);
     else
         residual_dropout_layernorm_kernel<<<fu_row_blocks(N), 32 * FU_WARPS, 0, tfm_cuda_stream()>>>(
             res, ln, mean, rstd, x, y, w, b, N, D, eps, drop);
     TFM_CUDA_LAUNCHED();
+    return ln16 != NULL;
 }
 
 /* ------------------------------------ LayerNorm backward + dropout */

@@ -925,15 +925,20 @@ static int keep_used(const void *keep, int N, int n_in, int n_out) {
            bf16_pays(2.0 * N * n_in * n_out, (double)N * n_in + (double)n_out * n_in);
 }
 
+/* Where a producer of `in` may write the keep itself (fused.cu's residual +
+ * LayerNorm): BF16 mode and a 16-byte aligned keep; the copy's layout is
+ * then bf16 rows of bf16_ld(n_in), as to_bf16 writes them. */
+int tfm_cuda_keep_writable(const void *keep) { return g_bf16 && keep && ptr_align(keep) == 16; }
+
 size_t tfm_cuda_linear_keep_bytes(int N, int n_in, int n_out) {
     return N > 0 && n_in > 0 ? (size_t)N * bf16_ld(n_in) * sizeof(__nv_bfloat16) : 0;
 }
 
 void tfm_cuda_linear_forward_keep(float *out, const float *in, const float *w, const float *b, int N, int n_in,
-                                  int n_out, void *keep) {
+                                  int n_out, void *keep, int keep_filled) {
     lt_operand k = {CUDA_R_16BF, keep, bf16_ld(n_in), 16}, *a16 = NULL;
     if (keep_used(keep, N, n_in, n_out)) {
-        tfm_cuda_to_bf16((__nv_bfloat16 *)keep, k.ld, in, N, n_in, n_in);
+        if (!keep_filled) tfm_cuda_to_bf16((__nv_bfloat16 *)keep, k.ld, in, N, n_in, n_in);
         a16 = &k;
     }
     gemm_bias(0, 1, N, n_out, n_in, 1.0f, in, n_in, w, n_in, 0.0f, out, n_out, b, a16, NULL);
@@ -976,18 +981,20 @@ void tfm_cuda_linear_backward_kept(float *din, float *dw, float *db, const float
  * cannot run on the copy (cuBLASLt refuses it), the fp32 dlogits is made
  * after all and that product runs on it. Otherwise, and in the fp32 and tf32
  * modes: the composition. */
+typedef struct packed_note packed_note;
 static void logits_backward_packed(float *din, float *dw, float *dlogits, const float *logits, const float *lse,
                                    const int32_t *targets, const float *in, const float *w, int N, int D, int V,
-                                   int ldv, int pad_id, float smoothing, float scale, int accumulate);
-static int packed_note_ld(const float *logits, int N, int D, int V);
+                                   const packed_note *note, int pad_id, float smoothing, float scale,
+                                   int accumulate);
+static const packed_note *packed_note_get(const float *logits, int N, int D, int V);
 
 void tfm_cuda_logits_backward(float *din, float *dw, float *dlogits, const float *logits, const float *lse,
                               const int32_t *targets, const float *in, const float *w, int N, int D, int V,
                               int pad_id, float smoothing, float scale, int accumulate, int packed) {
-    int ldv = packed ? packed_note_ld(logits, N, D, V) : 0;
-    if (ldv) {
-        logits_backward_packed(din, dw, dlogits, logits, lse, targets, in, w, N, D, V, ldv, pad_id, smoothing,
-                               scale, accumulate);
+    const packed_note *note = packed ? packed_note_get(logits, N, D, V) : NULL;
+    if (note) {
+        logits_backward_packed(din, dw, dlogits, logits, lse, targets, in, w, N, D, V, note, pad_id,
+                               smoothing, scale, accumulate);
         return;
     }
     int direct = 0;
@@ -1043,30 +1050,40 @@ static int logits_pad(void) {
     return p >= 8 && p % 8 == 0 ? p : LOGITS_PAD_DEFAULT;
 }
 
-/* The packed layouts written, by logits buffer (a trainer has one; tests a few). */
-typedef struct packed_note {
+/* The packed layouts written, by logits buffer (a trainer has one; tests a
+ * few), and whether the forward left the loss to the backward (loss_acc: the
+ * forward's accumulator, which the backward then adds to). */
+struct packed_note {
     const float *logits;
     int N, D, V, ldv; /* ldv 0: the last forward into this buffer wrote fp32 logits */
-} packed_note;
+    double *loss_acc; /* NULL: the forward added the loss itself */
+};
 #define PACKED_NOTES 16
 static packed_note g_packed[PACKED_NOTES];
 static int g_packed_next;
 
-static void packed_note_set(const float *logits, int N, int D, int V, int ldv) {
+static void packed_note_set(const float *logits, int N, int D, int V, int ldv, double *loss_acc) {
     packed_note *n = NULL;
     for (int i = 0; i < PACKED_NOTES && !n; i++)
         if (g_packed[i].logits == logits) n = &g_packed[i];
     if (!n) n = &g_packed[g_packed_next++ % PACKED_NOTES];
-    n->logits = logits, n->N = N, n->D = D, n->V = V, n->ldv = ldv;
+    n->logits = logits, n->N = N, n->D = D, n->V = V, n->ldv = ldv, n->loss_acc = loss_acc;
 }
 
-/* ldv of the packed logits in this buffer for these sizes, or 0 (fp32). */
-static int packed_note_ld(const float *logits, int N, int D, int V) {
+/* The note of the packed logits in this buffer for these sizes, or NULL (fp32). */
+static const packed_note *packed_note_get(const float *logits, int N, int D, int V) {
     for (int i = 0; i < PACKED_NOTES; i++) {
         const packed_note *n = &g_packed[i];
-        if (n->logits == logits) return n->N == N && n->D == D && n->V == V ? n->ldv : 0;
+        if (n->logits == logits) return n->N == N && n->D == D && n->V == V && n->ldv ? n : NULL;
     }
-    return 0;
+    return NULL;
+}
+
+/* Whether a packed forward leaves the loss to the backward (TFM_XENT_FUSED=0:
+ * never, for comparisons). */
+static int xent_fused_enabled(void) {
+    const char *v = getenv("TFM_XENT_FUSED");
+    return !(v && !strcmp(v, "0"));
 }
 
 /* The generator's bf16 copy [ldv, D] (row stride bf16_ld(D)) in g_bf16_b,
@@ -1092,7 +1109,9 @@ void tfm_cuda_logits_loss_forward(float *logits, float *lse, double *loss_acc, c
     packed = packed && plan_get(CUBLAS_COMPUTE_32F, 0, 1, N, ldv, D, &a, &b, &c, NULL)->has_algo &&
              to_bf16(&g_bf16_a, in, N, D, D, &a) && generator_bf16(w, V, D, ldv, &b) &&
              lt_matmul(CUBLAS_COMPUTE_32F, 0, 1, N, ldv, D, 1.0f, &a, &b, 0.0f, &c, NULL);
-    packed_note_set(logits, N, D, V, packed ? ldv : 0);
+    int defer = packed && xent_fused_enabled() && tfm_cuda_xent_fused_fits(ldv);
+    packed_note_set(logits, N, D, V, packed ? ldv : 0, defer ? loss_acc : NULL);
+    if (defer) return; /* lse and the loss: logits_backward, in one pass with the gradient */
     if (packed) {
         tfm_cuda_xent_forward_acc_bf16(lse, (const __nv_bfloat16 *)logits, ldv, targets, N, V, pad_id, smoothing,
                                        loss_acc);
@@ -1119,9 +1138,14 @@ __global__ void widen_rows_kernel(float *dst, int ldd, const __nv_bfloat16 *src,
  * the scratch buffer (no fp32 copy of the whole gradient exists). */
 static void logits_backward_packed(float *din, float *dw, float *dlogits, const float *logits, const float *lse,
                                    const int32_t *targets, const float *in, const float *w, int N, int D, int V,
-                                   int ldv, int pad_id, float smoothing, float scale, int accumulate) {
+                                   const packed_note *note, int pad_id, float smoothing, float scale,
+                                   int accumulate) {
     __nv_bfloat16 *g16 = (__nv_bfloat16 *)logits; /* 16-byte aligned: the forward checked */
-    tfm_cuda_xent_backward_bf16_from_bf16(g16, ldv, g16, lse, targets, N, V, pad_id, smoothing, scale);
+    int ldv = note->ldv;
+    if (note->loss_acc)
+        tfm_cuda_xent_fused_bf16(g16, ldv, NULL, targets, N, V, pad_id, smoothing, scale, note->loss_acc);
+    else
+        tfm_cuda_xent_backward_bf16_from_bf16(g16, ldv, g16, lse, targets, N, V, pad_id, smoothing, scale);
     lt_operand g = {CUDA_R_16BF, g16, ldv, 16}, w16, in16;
     float beta = accumulate ? 1.0f : 0.0f;
     int din_left = din != NULL, dw_left = dw != NULL;

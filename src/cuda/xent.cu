@@ -287,12 +287,15 @@ __device__ __forceinline__ void load8(float (&g)[8], const float *x, int v0, int
         for (int u = 0; u < 8; u++) g[u] = v0 + u < V ? x[v0 + u] : 0.0f;
     }
 }
+/* The eight floats of a 16-byte chunk of bf16 (the lowest address first). */
+__device__ __forceinline__ void unpack8(float (&g)[8], uint4 u) {
+    float2 p0 = bf16x2_floats(u.x), p1 = bf16x2_floats(u.y), p2 = bf16x2_floats(u.z), p3 = bf16x2_floats(u.w);
+    g[0] = p0.x, g[1] = p0.y, g[2] = p1.x, g[3] = p1.y, g[4] = p2.x, g[5] = p2.y, g[6] = p3.x, g[7] = p3.y;
+}
 /* bf16 rows (ld a multiple of 8, 16-byte aligned): one 16-byte load; the
  * columns past V are masked by the caller. */
 __device__ __forceinline__ void load8(float (&g)[8], const __nv_bfloat16 *x, int v0, int V) {
-    uint4 u = *(const uint4 *)(x + v0);
-    float2 p0 = bf16x2_floats(u.x), p1 = bf16x2_floats(u.y), p2 = bf16x2_floats(u.z), p3 = bf16x2_floats(u.w);
-    g[0] = p0.x, g[1] = p0.y, g[2] = p1.x, g[3] = p1.y, g[4] = p2.x, g[5] = p2.y, g[6] = p3.x, g[7] = p3.y;
+    unpack8(g, *(const uint4 *)(x + v0));
 }
 
 /* T: float logits [N, V], or bf16 logits [N, ld] (dst may then alias them:
@@ -371,5 +374,134 @@ __global__ void log_softmax_kernel(float *out, const float *logits, int N, int V
 void tfm_cuda_log_softmax(float *out, const float *logits, int N, int V) {
     if (N <= 0) return;
     log_softmax_kernel<<<row_grid(N), XENT_THREADS, 0, tfm_cuda_stream()>>>(out, logits, N, V);
+    TFM_CUDA_LAUNCHED();
+}
+
+/* ------------------------------------ the loss and its gradient in one pass */
+
+/* A training step's loss and gradient over packed bf16 logits [N, ld] in one
+ * read and one write (logits_loss_forward left the loss to logits_backward:
+ * gemm.cu). The two kernels it replaces each read the 1.9 GB of the base
+ * model's logits: the loss (row_lse) and the gradient
+ * (xent_backward_bf16_kernel). Here one block per row copies its row into
+ * shared memory as it takes the row's max; then, from shared memory, the sum
+ * of exp(x - max) and of x (each 8 elements' sums in float, added in double:
+ * the arithmetic of the two-kernel path up to rounding), lse = max +
+ * (float)log(sum), the row's loss as xent_rows_kernel's, and the gradient as
+ * xent_backward_bf16_kernel's, written over the row (pad rows: zeros). Rows
+ * up to XENT_FUSED_SMEM bytes (the base model's 37,056 columns: 74 KB, three
+ * blocks to an SM). */
+#define XENT_FUSED_THREADS 512
+#define XENT_FUSED_LOADS 4 /* 16-byte loads in flight per thread */
+#define XENT_FUSED_SMEM (112 * 1024)
+
+static int xent_fused_smem_optin(void) {
+    static int optin = -1;
+    if (optin < 0) {
+        int dev = 0, v = 0;
+        TFM_CUDA_CHECK(cudaGetDevice(&dev));
+        TFM_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+        optin = v;
+    }
+    return optin;
+}
+
+int tfm_cuda_xent_fused_fits(int ld) {
+    size_t bytes = (size_t)ld * sizeof(__nv_bfloat16);
+    return ld > 0 && ld % 8 == 0 && bytes <= XENT_FUSED_SMEM && (int)bytes <= xent_fused_smem_optin();
+}
+
+__global__ void __launch_bounds__(XENT_FUSED_THREADS, 3) xent_fused_bf16_kernel(__nv_bfloat16 *logits, int ld,
+                                                                             float *lse, double *row_loss,
+                                                                             const int32_t *targets, int N, int V,
+                                                                             int pad_id, float smoothing,
+                                                                             float scale) {
+    extern __shared__ uint4 sh_row[]; /* [ld / 8] */
+    __shared__ float shf[32];
+    __shared__ double shd[32];
+    int n = blockIdx.x, bd = (int)blockDim.x, chunks = ld / 8, t = targets[n];
+    uint4 *row = (uint4 *)(logits + (long)n * ld);
+    float mx = -INFINITY;
+    for (int c0 = threadIdx.x; c0 < chunks; c0 += XENT_FUSED_LOADS * bd) {
+        uint4 u[XENT_FUSED_LOADS]; /* the loads all in flight before the first use */
+#pragma unroll
+        for (int i = 0; i < XENT_FUSED_LOADS; i++)
+            if (c0 + i * bd < chunks) u[i] = row[c0 + i * bd];
+#pragma unroll
+        for (int i = 0; i < XENT_FUSED_LOADS; i++) {
+            int c = c0 + i * bd;
+            if (c >= chunks) break;
+            sh_row[c] = u[i];
+            float g[8];
+            unpack8(g, u[i]);
+#pragma unroll
+            for (int k = 0; k < 8; k++)
+                if (8 * c + k < V) mx = fmaxf(mx, g[k]);
+        }
+    }
+    mx = tfm_block_max(mx, shf); /* its barriers also publish sh_row */
+    double s = 0, sx = 0;
+    for (int c = threadIdx.x; c < chunks; c += bd) {
+        float g[8], e = 0, x = 0;
+        unpack8(g, sh_row[c]);
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+            if (8 * c + k < V) {
+                e += __expf(g[k] - mx);
+                x += g[k];
+            }
+        s += e, sx += x;
+    }
+    s = tfm_block_sum(s, shd);
+    sx = tfm_block_sum(sx, shd);
+    float l = mx + (float)log(s);
+    if (threadIdx.x == 0) {
+        if (lse) lse[n] = l;
+        if (t == pad_id) {
+            row_loss[n] = 0;
+            row_loss[N + n] = 0;
+        } else {
+            double nll = (double)l - __bfloat162float(((const __nv_bfloat16 *)sh_row)[t]);
+            double smooth = smoothing > 0 ? -(sx - (double)V * l) / V : 0.0;
+            row_loss[n] = (1.0 - smoothing) * nll + smoothing * smooth;
+            row_loss[N + n] = 1;
+        }
+    }
+    float uniform = smoothing / V, hit = scale * (1 - smoothing);
+    for (int c = threadIdx.x; c < chunks; c += bd) {
+        float g[8];
+        unpack8(g, sh_row[c]);
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            int v = 8 * c + k;
+            float gv = scale * (__expf(g[k] - l) - uniform);
+            g[k] = t == pad_id || v >= V ? 0.0f : v == t ? gv - hit : gv;
+        }
+        row[c] = make_uint4(xent_bf16x2(g[0], g[1]), xent_bf16x2(g[2], g[3]), xent_bf16x2(g[4], g[5]),
+                            xent_bf16x2(g[6], g[7]));
+    }
+}
+
+/* logits[N, ld] (bf16, device, 16-byte aligned; tfm_cuda_xent_fused_fits(ld))
+ * becomes the gradient tfm_cuda_xent_backward_bf16_from_bf16 writes, and
+ * *loss_acc (+=) and lse[N] (unless NULL) what tfm_cuda_xent_forward_acc_bf16
+ * writes, in one kernel (and the loss's fixed-order sum). Queued. */
+void tfm_cuda_xent_fused_bf16(__nv_bfloat16 *logits, int ld, float *lse, const int32_t *targets, int N, int V,
+                              int pad_id, float smoothing, float scale, double *loss_acc) {
+    if (N <= 0) return;
+    TFM_CUDA_ASSERT(tfm_cuda_xent_fused_fits(ld) && ld >= V && (uintptr_t)logits % 16 == 0);
+    size_t smem = (size_t)ld * sizeof(__nv_bfloat16);
+    static int allowed = 48 * 1024; /* the kernel's dynamic shared memory limit, raised once */
+    if ((int)smem > allowed) {
+        int most = xent_fused_smem_optin() < XENT_FUSED_SMEM ? xent_fused_smem_optin() : XENT_FUSED_SMEM;
+        TFM_CUDA_CHECK(cudaFuncSetAttribute(xent_fused_bf16_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, most));
+        allowed = most;
+    }
+    double *ws = (double *)tfm_cuda_scratch((size_t)2 * N * sizeof(double));
+    cudaStream_t st = tfm_cuda_stream();
+    xent_fused_bf16_kernel<<<(unsigned)N, XENT_FUSED_THREADS, smem, st>>>(logits, ld, lse, ws, targets, N, V,
+                                                                          pad_id, smoothing, scale);
+    TFM_CUDA_LAUNCHED();
+    xent_total_kernel<<<1, 1024, 0, st>>>(loss_acc, ws, N, 1);
     TFM_CUDA_LAUNCHED();
 }

@@ -191,7 +191,8 @@ static void take_stack(carver *c, tfm_stack_acts *s, const tfm_model *m, int lay
             else a->cprobs = take(c, (size_t)H * min_size(N * S, src_cells * L));
             a->catt = take(c, N * H * m->dv);
             a->keep_cq = take_keep(c, m, N, D, H * m->dk);
-            a->keep_ckv = take_keep(c, m, src_cells, D, H * (m->dk + m->dv));
+            /* one copy of the encoder output for every layer's keys|values */
+            a->keep_ckv = i == 0 ? take_keep(c, m, src_cells, D, H * (m->dk + m->dv)) : s->layers[0].keep_ckv;
             a->keep_catt = take_keep(c, m, N, H * m->dv, D);
         }
         take_block(c, &a->ffn, N, D);
@@ -412,6 +413,7 @@ typedef struct stack_ctx {
     const int32_t *pos;        /* [N] */
     int causal;
     const float *memory;       /* [B*S, D] or NULL */
+    int memory_filled;         /* the encoder's last LayerNorm filled the shared keep of memory */
     const uint8_t *mem_pad;    /* [B, S] */
     int S;
     int training;
@@ -467,12 +469,13 @@ static const float *block_out(const tfm_model *m, const tfm_block_acts *a) {
     return m->cfg.norm == TFM_NORM_PRE ? a->res : a->ln;
 }
 
-/* Self-attention branch: proj = W^O attention(rope(W_q x), rope(W_k x), W_v x). */
+/* Self-attention branch: proj = W^O attention(rope(W_q x), rope(W_k x), W_v x).
+ * x_filled: x's copy is in keep_qkv already (backend.h, keep_filled). */
 static void self_attn_forward(const tfm_model *m, tfm_workspace *ws, const stack_ctx *c,
                               int layer, const tfm_attn_weights *w, tfm_layer_acts *a,
-                              const float *x) {
+                              const float *x, int x_filled) {
     int D = m->cfg.d_model, H = m->cfg.heads;
-    m->be->linear_forward_keep(a->qkv, x, w->in_w, w->in_b, c->N, D, m->qkv_dim, kept(c, a->keep_qkv));
+    m->be->linear_forward_keep(a->qkv, x, w->in_w, w->in_b, c->N, D, m->qkv_dim, kept(c, a->keep_qkv), x_filled);
     if (m->cfg.positions == TFM_POS_ROPE) {
         m->be->rope(a->qkv, m->qkv_dim, c->pos, c->N, H, m->dk, m->cfg.rope_theta, 0);
         m->be->rope(a->qkv + H * m->dk, m->qkv_dim, c->pos, c->N, H, m->dk, m->cfg.rope_theta, 0);
@@ -481,24 +484,27 @@ static void self_attn_forward(const tfm_model *m, tfm_workspace *ws, const stack
     const float *q = a->qkv, *k = a->qkv + H * m->dk, *v = a->qkv + 2 * H * m->dk;
     if (ws->attn_tiled) m->be->attention_tiled_forward(a->att, a->lse, ws->dprobs, ws->attn_scratch_len, q, k, v, &d);
     else m->be->attention_forward(a->att, a->probs, ws->dprobs, q, k, v, &d);
-    m->be->linear_forward_keep(ws->proj, a->att, w->out_w, w->out_b, c->N, H * m->dv, D, kept(c, a->keep_att));
+    m->be->linear_forward_keep(ws->proj, a->att, w->out_w, w->out_b, c->N, H * m->dv, D, kept(c, a->keep_att), 0);
 }
 
 /* Cross-attention branch: queries from x, keys and values from the encoder
- * output (rows H*dk.. of in_proj_weight). */
+ * output (rows H*dk.. of in_proj_weight). x_filled: x's copy is in keep_cq
+ * already. Every layer's keys|values read the one keep of the encoder output
+ * (take_stack), made by layer 0 unless the encoder's last LayerNorm did. */
 static void cross_attn_forward(const tfm_model *m, tfm_workspace *ws, const stack_ctx *c,
                                int layer, const tfm_attn_weights *w, tfm_layer_acts *a,
-                               const float *x) {
+                               const float *x, int x_filled) {
     int D = m->cfg.d_model, H = m->cfg.heads, qd = H * m->dk, kvd = H * (m->dk + m->dv);
-    m->be->linear_forward_keep(a->cq, x, w->in_w, w->in_b, c->N, D, qd, kept(c, a->keep_cq));
+    m->be->linear_forward_keep(a->cq, x, w->in_w, w->in_b, c->N, D, qd, kept(c, a->keep_cq), x_filled);
     m->be->linear_forward_keep(a->ckv, c->memory, w->in_w + (size_t)qd * D, w->in_b + qd, c->B * c->S, D, kvd,
-                               kept(c, a->keep_ckv));
+                               kept(c, a->keep_ckv), layer > 0 || c->memory_filled);
     tfm_attn_dims d = cross_dims(m, c, layer);
     if (ws->attn_tiled)
         m->be->attention_tiled_forward(a->catt, a->clse, ws->dprobs, ws->attn_scratch_len, a->cq, a->ckv,
                                        a->ckv + qd, &d);
     else m->be->attention_forward(a->catt, a->cprobs, ws->dprobs, a->cq, a->ckv, a->ckv + qd, &d);
-    m->be->linear_forward_keep(ws->proj, a->catt, w->out_w, w->out_b, c->N, H * m->dv, D, kept(c, a->keep_catt));
+    m->be->linear_forward_keep(ws->proj, a->catt, w->out_w, w->out_b, c->N, H * m->dv, D, kept(c, a->keep_catt),
+                               0);
 }
 
 static void ffn_forward(const tfm_model *m, tfm_workspace *ws, const stack_ctx *c, int layer,
@@ -512,10 +518,14 @@ static void ffn_forward(const tfm_model *m, tfm_workspace *ws, const stack_ctx *
 typedef enum { BLOCK_SELF, BLOCK_CROSS, BLOCK_FFN } block_kind;
 
 /* One residual block: the branch, dropout, the residual sum and LayerNorm,
- * in the configured order. Returns the block output. */
+ * in the configured order. Returns the block output. x_filled: x's copy is
+ * in the keep of the branch's first linear already; out_keep: the keep of
+ * the linear that reads the block output next, or NULL; *out_filled: whether
+ * the LayerNorm (post-LN) filled it. */
 static const float *block_forward(const tfm_model *m, tfm_workspace *ws, const stack_ctx *c,
                                   int layer, const tfm_layer_weights *w, tfm_layer_acts *a,
-                                  block_kind kind, const float *x) {
+                                  block_kind kind, const float *x, int x_filled, void *out_keep,
+                                  int *out_filled) {
     int D = m->cfg.d_model, pre = m->cfg.norm == TFM_NORM_PRE;
     tfm_block_acts *blk = kind == BLOCK_SELF ? &a->self : kind == BLOCK_CROSS ? &a->cross : &a->ffn;
     const tfm_norm_weights *nw = kind == BLOCK_SELF ? &w->norm_self : kind == BLOCK_CROSS ? &w->norm_cross : &w->norm_ffn;
@@ -523,24 +533,27 @@ static const float *block_forward(const tfm_model *m, tfm_workspace *ws, const s
     if (pre) {
         m->be->layernorm_forward(blk->ln, blk->mean, blk->rstd, x, nw->w, nw->b, c->N, D, m->cfg.ln_eps);
         in = blk->ln;
+        x_filled = 0;
     }
     int site;
     if (kind == BLOCK_SELF) {
-        self_attn_forward(m, ws, c, layer, &w->self_attn, a, in);
+        self_attn_forward(m, ws, c, layer, &w->self_attn, a, in, x_filled);
         site = SITE_SELF_RES;
     } else if (kind == BLOCK_CROSS) {
-        cross_attn_forward(m, ws, c, layer, &w->cross_attn, a, in);
+        cross_attn_forward(m, ws, c, layer, &w->cross_attn, a, in, x_filled);
         site = SITE_CROSS_RES;
     } else {
         ffn_forward(m, ws, c, layer, w, a, in);
         site = SITE_FFN_RES;
     }
     float p = drop_p(c, m->cfg.dropout);
+    *out_filled = 0;
     if (pre)
         m->be->residual_dropout(blk->res, x, ws->proj, (size_t)c->N * D, p, c->seed, stream_id(c, layer, site));
     else
-        m->be->residual_dropout_layernorm(blk->res, blk->ln, blk->mean, blk->rstd, x, ws->proj, nw->w, nw->b,
-                                          c->N, D, m->cfg.ln_eps, p, c->seed, stream_id(c, layer, site));
+        *out_filled = m->be->residual_dropout_layernorm(blk->res, blk->ln, blk->mean, blk->rstd, x, ws->proj,
+                                                        nw->w, nw->b, c->N, D, m->cfg.ln_eps, p, c->seed,
+                                                        stream_id(c, layer, site), out_keep);
     return block_out(m, blk);
 }
 
@@ -556,24 +569,35 @@ static void embed_forward(const tfm_model *m, const stack_ctx *c, float *out, co
                 stream_id(c, -1, SITE_EMBED));
 }
 
-static void stack_forward(const tfm_model *m, tfm_workspace *ws, const stack_ctx *c,
-                          tfm_stack_acts *s, const tfm_layer_weights *layers, int n_layers,
-                          const tfm_norm_weights *final_norm, const int32_t *ids,
-                          const float *table, const float *learned_pos) {
+/* One stack's forward. out_keep: the keep of the linear that reads the
+ * stack's output next (the decoder's shared keep of the encoder output) or
+ * NULL; returns whether the last LayerNorm filled it. Each block's
+ * LayerNorm (post-LN) fills the keep of the linear that reads its output
+ * next, where that is a kept linear: the next layer's q|k|v, the
+ * cross-attention queries (the FFN keeps its own copy). */
+static int stack_forward(const tfm_model *m, tfm_workspace *ws, const stack_ctx *c,
+                         tfm_stack_acts *s, const tfm_layer_weights *layers, int n_layers,
+                         const tfm_norm_weights *final_norm, const int32_t *ids,
+                         const float *table, const float *learned_pos, void *out_keep) {
     embed_forward(m, c, s->embed, ids, table, learned_pos);
     const float *x = s->embed;
+    int filled = 0; /* x's copy is in the keep of the linear that reads it */
     for (int l = 0; l < n_layers; l++) {
         tfm_layer_acts *a = &s->layers[l];
-        x = block_forward(m, ws, c, l, &layers[l], a, BLOCK_SELF, x);
-        if (c->memory) x = block_forward(m, ws, c, l, &layers[l], a, BLOCK_CROSS, x);
-        x = block_forward(m, ws, c, l, &layers[l], a, BLOCK_FFN, x);
+        void *next = c->memory ? kept(c, a->keep_cq) : NULL;
+        x = block_forward(m, ws, c, l, &layers[l], a, BLOCK_SELF, x, filled, next, &filled);
+        if (c->memory) x = block_forward(m, ws, c, l, &layers[l], a, BLOCK_CROSS, x, filled, NULL, &filled);
+        next = l + 1 < n_layers ? kept(c, s->layers[l + 1].keep_qkv) : out_keep;
+        x = block_forward(m, ws, c, l, &layers[l], a, BLOCK_FFN, x, filled, next, &filled);
     }
     if (m->cfg.norm == TFM_NORM_PRE) {
         m->be->layernorm_forward(s->final.ln, s->final.mean, s->final.rstd, x, final_norm->w,
                               final_norm->b, c->N, m->cfg.d_model, m->cfg.ln_eps);
         x = s->final.ln;
+        filled = 0;
     }
     s->out = x;
+    return filled;
 }
 
 /* Uploads tokens ids [B, L] (host) into the workspace arrays `dst_ids`,
@@ -618,17 +642,20 @@ tfm_status tfm_model_forward(const tfm_model *m, tfm_workspace *ws, const tfm_ba
     ws->training = training;
     ws->seed = seed;
     m->be->params_lowp(m->params, m->layout.n_params); /* unchanged until the backward is done */
+    int memory_filled = 0; /* the encoder's last LayerNorm filled the decoder's keep of its output */
     if (has_enc) {
         stage_tokens(m, ws, b->src, b->B, b->S, ws->src_ids, ws->src_pad, ws->src_pos);
         stack_ctx c = encoder_ctx(ws, training, seed);
-        stack_forward(m, ws, &c, &ws->enc, m->w.enc, cfg->enc_layers, &m->w.enc_norm, ws->src_ids,
-                      m->w.src_embed, m->w.src_pos);
+        void *memory_keep = has_dec ? kept(&c, ws->dec.layers[0].keep_ckv) : NULL;
+        memory_filled = stack_forward(m, ws, &c, &ws->enc, m->w.enc, cfg->enc_layers, &m->w.enc_norm,
+                                      ws->src_ids, m->w.src_embed, m->w.src_pos, memory_keep);
     }
     if (has_dec) {
         stage_tokens(m, ws, b->tgt_in, b->B, b->T, ws->tgt_ids, ws->tgt_pad, ws->tgt_pos);
         stack_ctx c = decoder_ctx(m, ws, training, seed);
+        c.memory_filled = memory_filled;
         stack_forward(m, ws, &c, &ws->dec, m->w.dec, cfg->dec_layers, &m->w.dec_norm, ws->tgt_ids,
-                      m->w.tgt_embed, m->w.tgt_pos);
+                      m->w.tgt_embed, m->w.tgt_pos, NULL);
     }
     const float *top = has_dec ? ws->dec.out : ws->enc.out;
     int N = b->B * (has_dec ? b->T : b->S);
@@ -828,7 +855,7 @@ tfm_status tfm_model_encode(const tfm_model *m, tfm_workspace *ws, const int32_t
     stage_tokens(m, ws, src, B, S, ws->src_ids, ws->src_pad, ws->src_pos);
     stack_ctx c = encoder_ctx(ws, 0, 0);
     stack_forward(m, ws, &c, &ws->enc, m->w.enc, cfg->enc_layers, &m->w.enc_norm, ws->src_ids,
-                  m->w.src_embed, m->w.src_pos);
+                  m->w.src_embed, m->w.src_pos, NULL);
     return TFM_OK;
 }
 
