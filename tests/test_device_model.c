@@ -295,6 +295,99 @@ static void check_decoding(const char *name, tfm_config cfg) {
     tfm_model_free(&gpu);
 }
 
+/* Recorded steps (CUDA graphs; trainer.h). BF16 mode at sizes where every
+ * bf16 path runs (packed logits with the loss left to the backward, the
+ * fused FFN), dropout 0.1 on the residuals and embeddings and none in
+ * attention (whose key is an argument there: it refuses recording). Two
+ * trainers of one model, the first with recording off (TFM_CUDA_GRAPHS=0),
+ * run the shapes A A A C C A A (C larger: its first run grows the backend's
+ * buffers, so A's recording goes stale and is made again): each step's loss
+ * within LOSS_TOL and gradient norm within NORM_TOL (relative). Not bit for
+ * bit: the embedding backward adds rows with atomics, so two direct runs
+ * drift apart in the last bits too (H200: equal bits for the first five
+ * steps, then up to 2e-5 in the loss and 6e-5 in the norm, the same between
+ * two direct runs). The dropout seed (each step's masks) and the loss scale
+ * (1 / the batch's tokens, which sets the gradient norm) change every step,
+ * so a replay that reused the recorded ones would be far off: the test
+ * measures how far, the loss of one batch under two seeds, and requires
+ * that to be at least 10 LOSS_TOL. And the second trainer must hold a
+ * recording of A at the end, with A's five runs counted: else both ran
+ * directly and the comparison proves nothing. */
+#define LOSS_TOL 1e-4f
+#define NORM_TOL 1e-3f
+static void check_graphs(void) {
+    tfm_config cfg;
+    tfm_config_default(&cfg);
+    cfg.enc_layers = cfg.dec_layers = 2;
+    cfg.d_model = 256;
+    cfg.heads = 4;
+    cfg.d_ff = 1024;
+    cfg.src_vocab = cfg.tgt_vocab = 1000;
+    cfg.max_positions = 64;
+    cfg.dropout = cfg.embed_dropout = 0.1f;
+    cfg.attn_dropout = cfg.act_dropout = 0.0f;
+    cfg.label_smoothing = 0.1f;
+    enum { BA = 32, LA = 32, BC = 40, LC = 40 };
+    tfm_model m1, m2;
+    int ok = tfm_model_init(&m1, &cfg, 3) == TFM_OK && tfm_model_init(&m2, &cfg, 3) == TFM_OK &&
+             tfm_model_to_backend(&m1, cuda) == TFM_OK && tfm_model_to_backend(&m2, cuda) == TFM_OK;
+    CHECK(ok, "graphs: models: %s", tfm_last_error());
+    if (!ok) return;
+    CHECK(cuda->set_matmul_precision(TFM_MATMUL_BF16), "graphs: bf16 mode refused");
+    tfm_adam_params opt;
+    tfm_adam_default_params(&opt);
+    tfm_lr_schedule sched;
+    tfm_lr_schedule_default(&sched);
+    sched.warmup = 0;
+    sched.kind = TFM_LR_CONSTANT;
+    sched.lr = 1e-3f;
+    tfm_trainer t1, t2;
+    setenv("TFM_CUDA_GRAPHS", "0", 1);
+    ok = tfm_trainer_init(&t1, &m1, &opt, &sched, BC, LC, LC, 11) == TFM_OK;
+    unsetenv("TFM_CUDA_GRAPHS");
+    ok = ok && tfm_trainer_init(&t2, &m2, &opt, &sched, BC, LC, LC, 11) == TFM_OK;
+    CHECK(ok && !t1.graphs_on && t2.graphs_on, "graphs: trainers: %s", tfm_last_error());
+    static int32_t src[BC * LC], tgt[BC * LC], targets[BC * LC];
+    tfm_rng r;
+    tfm_rng_init(&r, 8, 1);
+    const char *shapes = "AAACCAA";
+    int same_losses = 1;
+    for (int i = 0; ok && shapes[i]; i++) {
+        int B = shapes[i] == 'A' ? BA : BC, L = shapes[i] == 'A' ? LA : LC;
+        random_tokens(src, B, L, cfg.src_vocab, &r, 1);
+        random_tokens(tgt, B, L, cfg.tgt_vocab, &r, 1);
+        random_tokens(targets, B, L, cfg.tgt_vocab, &r, 1);
+        tfm_batch b = {.B = B, .S = L, .T = L, .src = src, .tgt_in = tgt, .targets = targets};
+        float l1 = 0, l2 = 0;
+        CHECK(tfm_trainer_step(&t1, &b, &l1) == TFM_OK, "graphs: step %d: %s", i, tfm_last_error());
+        CHECK(tfm_trainer_step(&t2, &b, &l2) == TFM_OK, "graphs: step %d: %s", i, tfm_last_error());
+        float n1 = t1.last_grad_norm, n2 = t2.last_grad_norm;
+        printf("graphs: step %d (%c): loss %.7f direct, %.7f recorded; gradient norm %.6f, %.6f\n", i, shapes[i],
+               l1, l2, n1, n2);
+        same_losses &= fabsf(l1 - l2) <= LOSS_TOL * fabsf(l1) && fabsf(n1 - n2) <= NORM_TOL * fabsf(n1);
+        if (!shapes[i + 1]) { /* what another step's masks make of the last batch's loss */
+            double loss[2];
+            for (int k = 0; k < 2 && ok; k++) {
+                CHECK(tfm_model_forward(&m1, &t1.ws, &b, 1, 1000 + k) == TFM_OK, "graphs: %s", tfm_last_error());
+                loss[k] = t1.ws.loss_sum / t1.ws.n_tokens;
+            }
+            double seed_effect = fabs(loss[0] - loss[1]) / fabs(loss[0]);
+            printf("graphs: the loss of one batch under two dropout seeds: %.7f, %.7f (rel %.1e; tolerance %.0e)\n",
+                   loss[0], loss[1], seed_effect, (double)LOSS_TOL);
+            CHECK(seed_effect >= 10 * LOSS_TOL, "graphs: the tolerance would not see a replayed seed");
+        }
+    }
+    CHECK(same_losses, "graphs: the losses or gradient norms differ");
+    const tfm_step_graph *ga = NULL;
+    for (int i = 0; i < TFM_TRAINER_GRAPHS; i++)
+        if (t2.graphs[i].B == BA && t2.graphs[i].S == LA && t2.graphs[i].T == LA) ga = &t2.graphs[i];
+    CHECK(ga && ga->graph && ga->runs == 5, "graphs: shape A %s", !ga ? "not seen" : !ga->graph ? "not recorded" : "miscounted");
+    if (ok) tfm_trainer_free(&t1), tfm_trainer_free(&t2);
+    CHECK(cuda->set_matmul_precision(TFM_MATMUL_FP32), "graphs: fp32 mode refused");
+    tfm_model_free(&m1);
+    tfm_model_free(&m2);
+}
+
 static void run_all(int decoding) {
     tfm_config paper = base_config();
     check_training("post_relu_shared", paper);
@@ -352,6 +445,10 @@ int main(void) {
         device_attention = "tiled";
         run_all(0);
         device_attention = NULL;
+        if (cuda->graph_begin) {
+            printf("== backend %s, recorded steps\n", cuda->name);
+            check_graphs();
+        }
     } else {
         printf("== backend cuda: SKIP: %s\n", why);
     }

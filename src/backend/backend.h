@@ -80,6 +80,25 @@ typedef struct tfm_backend {
      * those is never read stale. The CPU keeps nothing. */
     void (*params_lowp)(const float *params, size_t n);
 
+    /* ---- recorded steps (CUDA graphs); NULL on a backend without them ----
+     * Between graph_begin and graph_end the backend records the ops it is
+     * given instead of running them; graph_end returns the recording, or NULL
+     * when it could not make one (nothing ran then: run the ops again
+     * directly). graph_launch runs a recording: 1, or 0 when the backend's
+     * state no longer fits it (its buffers moved, its precision changed:
+     * free it and record again). Only ops that neither copy between host and
+     * device nor wait may be recorded. Recorded ops read two per-step values
+     * from the backend's memory instead of their arguments, as of each run:
+     * the dropout seed and the scale of the loss gradient (logits_backward),
+     * both set by step_values before the recording and before each run;
+     * a recording whose ops would need any other per-step value (a dropout
+     * the backend cannot draw from the seed's slot) is refused (NULL). */
+    int (*graph_begin)(void);
+    void *(*graph_end)(void);
+    int (*graph_launch)(void *graph);
+    void (*graph_free)(void *graph);
+    void (*step_values)(uint64_t seed, float loss_scale);
+
     /* ---- flat buffers (optimizer, residual sums): src/ops/adam.c ---- */
     float (*global_norm)(const float *x, size_t n);   /* sqrt(sum x^2); waits */
     void (*scale)(float *x, size_t n, float s);      /* x *= s */

@@ -88,6 +88,7 @@ static attn_args make_args(const tfm_attn_dims *d) {
     a.p = d->dropout;
     a.dscale = d->dropout > 0 ? (float)(1.0 / (1.0 - d->dropout)) : 1.0f;
     a.key = tfm_cuda_rng_key(d->seed, d->stream);
+    if (d->dropout > 0) tfm_cuda_capture_refuse("attention dropout (its key is an argument)");
     return a;
 }
 

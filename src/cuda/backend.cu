@@ -55,6 +55,7 @@ void *tfm_cuda_scratch(size_t bytes) {
     g_scratch = NULL;
     TFM_CUDA_CHECK(cudaMalloc(&g_scratch, grow));
     g_scratch_bytes = grow;
+    tfm_cuda_graphs_stale(); /* recorded steps hold the old address */
     return g_scratch;
 }
 
@@ -461,6 +462,11 @@ static void fill_table(tfm_backend *t) {
     t->argmax_rows = cu_argmax_rows;
     t->topk_logprobs = cu_topk_logprobs;
     t->params_lowp = tfm_cuda_params_lowp;
+    t->graph_begin = tfm_cuda_graph_begin;
+    t->graph_end = tfm_cuda_graph_end;
+    t->graph_launch = tfm_cuda_graph_launch;
+    t->graph_free = tfm_cuda_graph_free;
+    t->step_values = tfm_cuda_step_values;
     t->global_norm = tfm_cuda_global_norm;
     t->global_norm_to = tfm_cuda_global_norm_to;
     t->adam_update_clipped = tfm_cuda_adam_update_clipped;

@@ -225,6 +225,29 @@ __device__ __forceinline__ float tfm_cuda_rng_uniform(uint64_t seed, uint64_t st
     return tfm_cuda_rng_uniform_key(tfm_cuda_rng_key(seed, stream), index);
 }
 
+/* A dropout's key in an op's arguments: tfm_cuda_rng_key(seed, stream) made
+ * on the host, or, while a step is recorded (graph.cu), made on the device
+ * from the step's seed slot at each run (`slot` set). get(): the key either
+ * way; kernels that take one call resolve() first, once. */
+struct tfm_cuda_drop_key {
+    uint64_t key;
+    const uint64_t *slot; /* NULL: key is the key */
+    uint64_t stream;
+    __device__ __forceinline__ uint64_t get() const { return slot ? tfm_cuda_rng_key(*slot, stream) : key; }
+    __device__ __forceinline__ void resolve() {
+        key = get();
+        slot = nullptr;
+    }
+};
+const uint64_t *tfm_cuda_seed_slot(uint64_t seed);
+static inline tfm_cuda_drop_key tfm_cuda_drop_key_make(uint64_t seed, uint64_t stream) {
+    tfm_cuda_drop_key k;
+    k.slot = tfm_cuda_seed_slot(seed);
+    k.stream = stream;
+    k.key = k.slot ? 0 : tfm_cuda_rng_key(seed, stream);
+    return k;
+}
+
 /* -------------------------------------------------- strided batched GEMM */
 
 /* C_z[M,N] = alpha * op(A_z) op(B_z) + beta * C_z for z = b*H + h (z < B*H),
@@ -410,6 +433,25 @@ void tfm_cuda_attention_tiled_forward(float *out, float *lse, float *scratch, si
 void tfm_cuda_attention_tiled_backward(float *dq, float *dk, float *dv, float *scratch, size_t scratch_len,
                                        const float *dout, const float *out, const float *lse, const float *q,
                                        const float *k, const float *v, const tfm_attn_dims *d);
+/* graph.cu: recorded steps (backend.h's graph_* and step_values). */
+int tfm_cuda_graph_begin(void);
+void *tfm_cuda_graph_end(void);
+int tfm_cuda_graph_launch(void *graph);
+void tfm_cuda_graph_free(void *graph);
+void tfm_cuda_step_values(uint64_t seed, float loss_scale);
+/* The recordings so far no longer fit (a grow-only buffer moved, the
+ * precision changed): graph_launch refuses them. */
+void tfm_cuda_graphs_stale(void);
+/* Whether ops are being recorded; tfm_cuda_capture_refuse: the recording
+ * under way must not be used (an op baked a per-step value into it). */
+int tfm_cuda_capturing(void);
+void tfm_cuda_capture_refuse(const char *why);
+/* While recording: the device slot holding the step's dropout seed / loss
+ * scale (the ops read it at each run; a seed or scale other than the step's
+ * refuses the recording); NULL when not recording (use the argument). */
+const uint64_t *tfm_cuda_seed_slot(uint64_t seed);
+const float *tfm_cuda_scale_slot(float scale);
+
 /* xent.cu */
 void tfm_cuda_xent_forward_acc(float *lse, const float *logits, const int32_t *targets, int N, int V, int pad_id,
                                float smoothing, double *loss_acc);

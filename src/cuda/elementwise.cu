@@ -60,20 +60,21 @@ void tfm_cuda_activation_backward(float *din, const float *dout, const float *in
 
 /* --------------------------------------------------------------- dropout */
 
-/* a = in: a * keep(i) / (1 - p). key = tfm_cuda_rng_key(seed, stream). */
+/* a = in: a * keep(i) / (1 - p). key: of (seed, stream) (in a recorded step
+ * made from the seed's slot per element: these run twice a step). */
 struct dropout_op {
-    uint64_t key;
+    tfm_cuda_drop_key key;
     float p, scale;
     __device__ float operator()(size_t i, float x, float) const {
-        return tfm_cuda_rng_uniform_key(key, i) >= p ? __fmul_rn(x, scale) : 0.0f;
+        return tfm_cuda_rng_uniform_key(key.get(), i) >= p ? __fmul_rn(x, scale) : 0.0f;
     }
 };
 /* a = x, b = y: x + dropout(y), two roundings as on the CPU. */
 struct residual_dropout_op {
-    uint64_t key;
+    tfm_cuda_drop_key key;
     float p, scale;
     __device__ float operator()(size_t i, float x, float y) const {
-        float kept = tfm_cuda_rng_uniform_key(key, i) >= p ? __fmul_rn(y, scale) : 0.0f;
+        float kept = tfm_cuda_rng_uniform_key(key.get(), i) >= p ? __fmul_rn(y, scale) : 0.0f;
         return __fadd_rn(x, kept);
     }
 };
@@ -91,7 +92,7 @@ void tfm_cuda_dropout(float *out, const float *in, size_t n, float p, uint64_t s
         return;
     }
     dropout_op op;
-    op.key = tfm_cuda_rng_key(seed, stream);
+    op.key = tfm_cuda_drop_key_make(seed, stream);
     op.p = p;
     op.scale = (float)(1.0 / (1.0 - p)); /* as the CPU rounds it */
     tfm_cuda_map<1>(out, in, NULL, n, op);
@@ -106,7 +107,7 @@ void tfm_cuda_residual_dropout(float *out, const float *x, const float *y, size_
         return;
     }
     residual_dropout_op op;
-    op.key = tfm_cuda_rng_key(seed, stream);
+    op.key = tfm_cuda_drop_key_make(seed, stream);
     op.p = p;
     op.scale = (float)(1.0 / (1.0 - p));
     tfm_cuda_map<2>(out, x, y, n, op);

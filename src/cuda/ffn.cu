@@ -151,6 +151,7 @@ static float *vec_reserve(int F) {
         g_vec = NULL, g_vec_floats = 0;
         TFM_CUDA_CHECK(cudaMalloc(&g_vec, (size_t)F * sizeof(float)));
         g_vec_floats = (size_t)F;
+        tfm_cuda_graphs_stale(); /* recorded steps hold the old address */
     }
     return g_vec;
 }

@@ -48,12 +48,13 @@
  * in i (mod 2^64): a row kernel computes hash(first index) once and adds
  * multiples of FU_RNG_MUL per element (keep_h). */
 struct fu_drop {
-    uint64_t key;
+    tfm_cuda_drop_key key; /* resolve() at a kernel's start: the key of a recorded step once */
     float p, scale;
     uint32_t thr;
     int drop;
+    __device__ __forceinline__ void resolve() { key.resolve(); }
     __device__ __forceinline__ bool keep_h(uint64_t h) const {
-        return (uint32_t)(tfm_cuda_mix64(key ^ h) >> 40) >= thr;
+        return (uint32_t)(tfm_cuda_mix64(key.get() ^ h) >> 40) >= thr;
     }
     __device__ __forceinline__ bool keep(uint64_t i) const { return keep_h(i * FU_RNG_MUL + FU_RNG_ADD); }
     __device__ __forceinline__ float apply_h(uint64_t h, float v) const {
@@ -68,7 +69,11 @@ struct fu_drop {
 static fu_drop make_drop(float p, uint64_t seed, uint64_t stream) {
     fu_drop d;
     d.drop = p > 0;
-    d.key = d.drop ? tfm_cuda_rng_key(seed, stream) : 0;
+    if (d.drop) {
+        d.key = tfm_cuda_drop_key_make(seed, stream);
+    } else { /* nothing drawn: nothing per step */
+        d.key.key = 0, d.key.slot = NULL, d.key.stream = 0;
+    }
     d.p = p;
     d.scale = d.drop ? (float)(1.0 / (1.0 - p)) : 1.0f; /* as the CPU rounds it */
     /* p 2^24 is exact in double; p < 1 keeps thr below 2^24. */
@@ -140,6 +145,7 @@ __global__ void __launch_bounds__(32 * FU_WARPS, PER <= 16 ? 5 : 1)
     residual_dropout_layernorm_regs_kernel(float *res, float *ln, __nv_bfloat16 *ln16, float *mean, float *rstd,
                                            const float *x, const float *y, const float *w, const float *b, int N,
                                            int D, float eps, fu_drop drop) {
+    drop.resolve();
     int lane = threadIdx.x & 31, n = blockIdx.x * FU_WARPS + (threadIdx.x >> 5);
     if (n >= N) return; /* the whole warp: n is per warp */
     size_t base = (size_t)n * D;
@@ -182,6 +188,7 @@ __global__ void __launch_bounds__(32 * FU_WARPS, PER <= 16 ? 5 : 1)
 __global__ void residual_dropout_layernorm_kernel(float *res, float *ln, float *mean, float *rstd, const float *x,
                                                   const float *y, const float *w, const float *b, int N, int D,
                                                   float eps, fu_drop drop) {
+    drop.resolve();
     int lane = threadIdx.x & 31;
     for (int n = blockIdx.x * FU_WARPS + (threadIdx.x >> 5); n < N; n += gridDim.x * FU_WARPS) {
         size_t base = (size_t)n * D;
@@ -267,6 +274,7 @@ int tfm_cuda_residual_dropout_layernorm(float *res, float *ln, float *mean, floa
 __global__ void layernorm_din_dropout_kernel(float *din, float *ddrop, const float *dout, const float *in,
                                              const float *mean, const float *rstd, const float *w, int N, int D,
                                              fu_drop drop) {
+    drop.resolve();
     int lane = threadIdx.x & 31;
     for (int n = blockIdx.x * FU_WARPS + (threadIdx.x >> 5); n < N; n += gridDim.x * FU_WARPS) {
         size_t base = (size_t)n * D;
@@ -345,6 +353,7 @@ __global__ void __launch_bounds__(32 * LB_WARPS, 4)
     layernorm_backward_rows_kernel(float *din, float *ddrop, float *pw, float *pb, const float *dout,
                                    const float *in, const float *mean, const float *rstd, const float *w, int N,
                                    int D, fu_drop drop) {
+    drop.resolve();
     constexpr bool PREF = PER <= 16;
     extern __shared__ float4 lb_sh4[]; /* [LB_WARPS][2][D]: each warp's sums of dout * xhat, dout */
     float *lb_sh = (float *)lb_sh4;

@@ -213,6 +213,7 @@ static cublasComputeType_t g_compute = CUBLAS_COMPUTE_32F;
 static int g_bf16;
 
 int tfm_cuda_set_matmul_precision(tfm_matmul_precision p) {
+    tfm_cuda_graphs_stale(); /* recorded steps ran in the old mode */
     switch (p) {
     case TFM_MATMUL_FP32: g_compute = CUBLAS_COMPUTE_32F, g_bf16 = 0; return 1;
     case TFM_MATMUL_TF32: g_compute = CUBLAS_COMPUTE_32F_FAST_TF32, g_bf16 = 0; return 1;
@@ -495,6 +496,7 @@ static int bf16_reserve(bf16_buffer *buf, size_t bytes) {
         TFM_CUDA_CHECK(cudaStreamSynchronize(tfm_cuda_stream()));
         TFM_CUDA_CHECK(cudaFree(buf->p));
         buf->p = NULL, buf->bytes = 0;
+        tfm_cuda_graphs_stale(); /* recorded steps hold the old address */
         cudaError_t e = cudaMalloc(&buf->p, grow);
         if (e == cudaErrorMemoryAllocation) {
             (void)cudaGetLastError(); /* not sticky: clear it; the fp32 operands serve */
@@ -551,6 +553,7 @@ void tfm_cuda_params_lowp(const float *params, size_t n) {
         TFM_CUDA_CHECK(cudaStreamSynchronize(tfm_cuda_stream())); /* products may read the old copy */
         TFM_CUDA_CHECK(cudaFree(g_params16.copy));
         g_params16.copy = NULL, g_params16.cap = 0;
+        tfm_cuda_graphs_stale(); /* recorded steps hold the old address */
         cudaError_t e = cudaMalloc(&g_params16.copy, n * sizeof(__nv_bfloat16));
         if (e == cudaErrorMemoryAllocation) { /* no copy: every product converts, as without one */
             (void)cudaGetLastError();
@@ -987,11 +990,14 @@ static void logits_backward_packed(float *din, float *dw, float *dlogits, const 
                                    const packed_note *note, int pad_id, float smoothing, float scale,
                                    int accumulate);
 static const packed_note *packed_note_get(const float *logits, int N, int D, int V);
+static int packed_note_deferred(const packed_note *note);
 
 void tfm_cuda_logits_backward(float *din, float *dw, float *dlogits, const float *logits, const float *lse,
                               const int32_t *targets, const float *in, const float *w, int N, int D, int V,
                               int pad_id, float smoothing, float scale, int accumulate, int packed) {
     const packed_note *note = packed ? packed_note_get(logits, N, D, V) : NULL;
+    /* Recorded (graph.cu), only the one-pass kernel reads the scale from its slot. */
+    if (!packed_note_deferred(note)) tfm_cuda_capture_refuse("a loss gradient with its scale as an argument");
     if (note) {
         logits_backward_packed(din, dw, dlogits, logits, lse, targets, in, w, N, D, V, note, pad_id,
                                smoothing, scale, accumulate);
@@ -1078,6 +1084,9 @@ static const packed_note *packed_note_get(const float *logits, int N, int D, int
     }
     return NULL;
 }
+
+/* Whether the forward of these packed logits left the loss to the backward. */
+static int packed_note_deferred(const packed_note *note) { return note && note->loss_acc; }
 
 /* Whether a packed forward leaves the loss to the backward (TFM_XENT_FUSED=0:
  * never, for comparisons). */

@@ -415,11 +415,12 @@ __global__ void __launch_bounds__(XENT_FUSED_THREADS, 3) xent_fused_bf16_kernel(
                                                                              float *lse, double *row_loss,
                                                                              const int32_t *targets, int N, int V,
                                                                              int pad_id, float smoothing,
-                                                                             float scale) {
+                                                                             float scale, const float *scale_slot) {
     extern __shared__ uint4 sh_row[]; /* [ld / 8] */
     __shared__ float shf[32];
     __shared__ double shd[32];
     int n = blockIdx.x, bd = (int)blockDim.x, chunks = ld / 8, t = targets[n];
+    if (scale_slot) scale = *scale_slot; /* a recorded step's (graph.cu) */
     uint4 *row = (uint4 *)(logits + (long)n * ld);
     float mx = -INFINITY;
     for (int c0 = threadIdx.x; c0 < chunks; c0 += XENT_FUSED_LOADS * bd) {
@@ -488,6 +489,7 @@ __global__ void __launch_bounds__(XENT_FUSED_THREADS, 3) xent_fused_bf16_kernel(
  * writes, in one kernel (and the loss's fixed-order sum). Queued. */
 void tfm_cuda_xent_fused_bf16(__nv_bfloat16 *logits, int ld, float *lse, const int32_t *targets, int N, int V,
                               int pad_id, float smoothing, float scale, double *loss_acc) {
+    const float *scale_slot = tfm_cuda_scale_slot(scale); /* NULL unless the step is being recorded */
     if (N <= 0) return;
     TFM_CUDA_ASSERT(tfm_cuda_xent_fused_fits(ld) && ld >= V && (uintptr_t)logits % 16 == 0);
     size_t smem = (size_t)ld * sizeof(__nv_bfloat16);
@@ -500,7 +502,7 @@ void tfm_cuda_xent_fused_bf16(__nv_bfloat16 *logits, int ld, float *lse, const i
     double *ws = (double *)tfm_cuda_scratch((size_t)2 * N * sizeof(double));
     cudaStream_t st = tfm_cuda_stream();
     xent_fused_bf16_kernel<<<(unsigned)N, XENT_FUSED_THREADS, smem, st>>>(logits, ld, lse, ws, targets, N, V,
-                                                                          pad_id, smoothing, scale);
+                                                                          pad_id, smoothing, scale, scale_slot);
     TFM_CUDA_LAUNCHED();
     xent_total_kernel<<<1, 1024, 0, st>>>(loss_acc, ws, N, 1);
     TFM_CUDA_LAUNCHED();

@@ -631,8 +631,8 @@ static stack_ctx decoder_ctx(const tfm_model *m, const tfm_workspace *ws, int tr
     return c;
 }
 
-tfm_status tfm_model_forward(const tfm_model *m, tfm_workspace *ws, const tfm_batch *b,
-                             int training, uint64_t seed) {
+tfm_status tfm_model_stage(const tfm_model *m, tfm_workspace *ws, const tfm_batch *b, int training,
+                           uint64_t seed) {
     TFM_TRY(tfm_batch_check(m, ws, b));
     const tfm_config *cfg = &m->cfg;
     int has_enc = cfg->enc_layers > 0, has_dec = cfg->dec_layers > 0;
@@ -642,39 +642,54 @@ tfm_status tfm_model_forward(const tfm_model *m, tfm_workspace *ws, const tfm_ba
     ws->training = training;
     ws->seed = seed;
     m->be->params_lowp(m->params, m->layout.n_params); /* unchanged until the backward is done */
-    int memory_filled = 0; /* the encoder's last LayerNorm filled the decoder's keep of its output */
-    if (has_enc) {
-        stage_tokens(m, ws, b->src, b->B, b->S, ws->src_ids, ws->src_pad, ws->src_pos);
-        stack_ctx c = encoder_ctx(ws, training, seed);
-        void *memory_keep = has_dec ? kept(&c, ws->dec.layers[0].keep_ckv) : NULL;
-        memory_filled = stack_forward(m, ws, &c, &ws->enc, m->w.enc, cfg->enc_layers, &m->w.enc_norm,
-                                      ws->src_ids, m->w.src_embed, m->w.src_pos, memory_keep);
-    }
-    if (has_dec) {
-        stage_tokens(m, ws, b->tgt_in, b->B, b->T, ws->tgt_ids, ws->tgt_pad, ws->tgt_pos);
-        stack_ctx c = decoder_ctx(m, ws, training, seed);
-        c.memory_filled = memory_filled;
-        stack_forward(m, ws, &c, &ws->dec, m->w.dec, cfg->dec_layers, &m->w.dec_norm, ws->tgt_ids,
-                      m->w.tgt_embed, m->w.tgt_pos, NULL);
-    }
-    const float *top = has_dec ? ws->dec.out : ws->enc.out;
+    if (has_enc) stage_tokens(m, ws, b->src, b->B, b->S, ws->src_ids, ws->src_pad, ws->src_pos);
+    if (has_dec) stage_tokens(m, ws, b->tgt_in, b->B, b->T, ws->tgt_ids, ws->tgt_pad, ws->tgt_pos);
     int N = b->B * (has_dec ? b->T : b->S);
+    ws->has_targets = b->targets != NULL;
     ws->loss_sum = 0;
     ws->n_tokens = 0;
     /* With loss_acc (the trainer's step) nobody reads the logits but the
      * backward: the backend keeps them in its own format (logits_packed). */
     ws->logits_packed = b->targets && ws->loss_acc;
     if (b->targets) m->be->upload(ws->targets, b->targets, (size_t)N * sizeof *b->targets);
-    if (ws->logits_packed) {
+    if (ws->logits_packed)
         for (int i = 0; i < N; i++) ws->n_tokens += b->targets[i] != cfg->pad_id;
+    return TFM_OK;
+}
+
+void tfm_model_forward_staged(const tfm_model *m, tfm_workspace *ws) {
+    const tfm_config *cfg = &m->cfg;
+    int has_enc = cfg->enc_layers > 0, has_dec = cfg->dec_layers > 0;
+    int memory_filled = 0; /* the encoder's last LayerNorm filled the decoder's keep of its output */
+    if (has_enc) {
+        stack_ctx c = encoder_ctx(ws, ws->training, ws->seed);
+        void *memory_keep = has_dec ? kept(&c, ws->dec.layers[0].keep_ckv) : NULL;
+        memory_filled = stack_forward(m, ws, &c, &ws->enc, m->w.enc, cfg->enc_layers, &m->w.enc_norm,
+                                      ws->src_ids, m->w.src_embed, m->w.src_pos, memory_keep);
+    }
+    if (has_dec) {
+        stack_ctx c = decoder_ctx(m, ws, ws->training, ws->seed);
+        c.memory_filled = memory_filled;
+        stack_forward(m, ws, &c, &ws->dec, m->w.dec, cfg->dec_layers, &m->w.dec_norm, ws->tgt_ids,
+                      m->w.tgt_embed, m->w.tgt_pos, NULL);
+    }
+    const float *top = has_dec ? ws->dec.out : ws->enc.out;
+    int N = ws->B * (has_dec ? ws->T : ws->S);
+    if (ws->logits_packed) {
         m->be->logits_loss_forward(ws->logits, ws->lse, ws->loss_acc, top, m->w.generator, ws->targets, N,
                                    cfg->d_model, cfg->tgt_vocab, cfg->pad_id, cfg->label_smoothing);
-        return TFM_OK;
+        return;
     }
     m->be->linear_forward(ws->logits, top, m->w.generator, NULL, N, cfg->d_model, cfg->tgt_vocab);
-    if (b->targets)
+    if (ws->has_targets)
         ws->loss_sum = m->be->xent_forward(ws->lse, ws->logits, ws->targets, N, cfg->tgt_vocab, cfg->pad_id,
                                            cfg->label_smoothing, &ws->n_tokens);
+}
+
+tfm_status tfm_model_forward(const tfm_model *m, tfm_workspace *ws, const tfm_batch *b,
+                             int training, uint64_t seed) {
+    TFM_TRY(tfm_model_stage(m, ws, b, training, seed));
+    tfm_model_forward_staged(m, ws);
     return TFM_OK;
 }
 

@@ -125,6 +125,7 @@ typedef struct tfm_workspace {
     void *stage;               /* host staging for the above (not backend memory) */
     float *logits;             /* [B*L, V]; becomes dlogits in the backward */
     int logits_packed;         /* logits are logits_loss_forward's (the backend's format, loss_acc set) */
+    int has_targets;           /* the staged batch has targets (uploaded into `targets`) */
     float *lse;                /* [B*L] log-sum-exp of each row of logits */
     /* forward/backward scratch */
     float *proj;               /* [N, D] a block's branch output / its gradient */
@@ -171,6 +172,18 @@ tfm_status tfm_batch_check(const tfm_model *m, const tfm_workspace *ws, const tf
  * *ws->loss_acc) and ws->n_tokens (mean loss = loss_sum / n_tokens). */
 tfm_status tfm_model_forward(const tfm_model *m, tfm_workspace *ws, const tfm_batch *b,
                              int training, uint64_t seed);
+
+/* tfm_model_forward in two halves. tfm_model_stage checks the batch and does
+ * the forward's host work: the token ids, padding masks, positions and
+ * targets uploaded, the target count (ws->n_tokens, where ws->loss_acc is
+ * set), the parameters' low-precision copy made current (params_lowp).
+ * tfm_model_forward_staged then queues the forward of the staged batch on
+ * the device: with ws->loss_acc set, nothing but ops that neither copy
+ * between host and device nor wait, which a backend may record
+ * (backend.h: graph_begin; the trainer's recorded steps). */
+tfm_status tfm_model_stage(const tfm_model *m, tfm_workspace *ws, const tfm_batch *b, int training,
+                           uint64_t seed);
+void tfm_model_forward_staged(const tfm_model *m, tfm_workspace *ws);
 
 /* Backward pass of the last forward (same batch; targets required).
  * Accumulates (+=) parameter gradients into `grads` (views of a buffer laid

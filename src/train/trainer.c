@@ -32,6 +32,8 @@ tfm_status tfm_trainer_init_cells(tfm_trainer *tr, tfm_model *m, const tfm_adam_
     }
     tr->adam_m = tr->grad + n;
     tr->adam_v = tr->grad + 2 * n;
+    const char *graphs = getenv("TFM_CUDA_GRAPHS");
+    tr->graphs_on = m->be->graph_begin && m->be->step_values && !(graphs && !strcmp(graphs, "0"));
     tfm_status st = tfm_weights_bind(&tr->grad_views, &m->cfg, tr->grad);
     if (st == TFM_OK)
         st = tfm_workspace_init_cells(&tr->ws, m, max_B, max_S, max_T, max_src_cells, max_tgt_cells);
@@ -40,6 +42,8 @@ tfm_status tfm_trainer_init_cells(tfm_trainer *tr, tfm_model *m, const tfm_adam_
 }
 
 void tfm_trainer_free(tfm_trainer *tr) {
+    for (int i = 0; i < TFM_TRAINER_GRAPHS; i++)
+        if (tr->graphs[i].graph) tr->m->be->graph_free(tr->graphs[i].graph);
     if (tr->ws.mem) tfm_workspace_free(&tr->ws);
     tfm_weights_free(&tr->grad_views);
     if (tr->m) {
@@ -49,15 +53,61 @@ void tfm_trainer_free(tfm_trainer *tr) {
     memset(tr, 0, sizeof *tr);
 }
 
+/* The graph slot of b's shape: its own, else a free or the least recently
+ * used one (its recording freed), counted from zero runs. */
+static tfm_step_graph *graph_slot(tfm_trainer *tr, const tfm_batch *b) {
+    tfm_step_graph *oldest = &tr->graphs[0];
+    for (int i = 0; i < TFM_TRAINER_GRAPHS; i++) {
+        tfm_step_graph *g = &tr->graphs[i];
+        if (g->runs > 0 && g->B == b->B && g->S == b->S && g->T == b->T) return g;
+        if (g->last_used < oldest->last_used) oldest = g;
+    }
+    if (oldest->graph) tr->m->be->graph_free(oldest->graph);
+    memset(oldest, 0, sizeof *oldest);
+    oldest->B = b->B, oldest->S = b->S, oldest->T = b->T;
+    return oldest;
+}
+
+/* Forward + backward of the staged batch b: replayed from its shape's
+ * recording, recorded now (its shape's second run), or run directly. */
+static tfm_status forward_backward(tfm_trainer *tr, const tfm_batch *b, uint64_t seed, float grad_scale) {
+    const tfm_backend *be = tr->m->be;
+    tfm_step_graph *g = tr->graphs_on ? graph_slot(tr, b) : NULL;
+    if (g) {
+        g->runs++;
+        g->last_used = ++tr->micro_total;
+        be->step_values(seed, grad_scale);
+        if (g->graph && be->graph_launch(g->graph)) return TFM_OK;
+        if (g->graph) { /* stale: the backend's buffers moved; record it again */
+            be->graph_free(g->graph);
+            g->graph = NULL;
+        }
+        if (!g->failed && g->runs >= 2 && be->graph_begin()) {
+            tfm_model_forward_staged(tr->m, &tr->ws);
+            tfm_status st = tfm_model_backward(tr->m, &tr->ws, b, &tr->grad_views, grad_scale);
+            g->graph = be->graph_end(); /* nothing ran: the graph runs it, or the ops below */
+            if (st != TFM_OK) {
+                if (g->graph) be->graph_free(g->graph), g->graph = NULL;
+                return st;
+            }
+            if (g->graph && be->graph_launch(g->graph)) return TFM_OK;
+            g->failed = g->graph == NULL;
+        }
+    }
+    tfm_model_forward_staged(tr->m, &tr->ws);
+    return tfm_model_backward(tr->m, &tr->ws, b, &tr->grad_views, grad_scale);
+}
+
 tfm_status tfm_trainer_accumulate(tfm_trainer *tr, const tfm_batch *b, float grad_scale) {
     /* Each micro-batch of each step gets its own dropout randomness. */
     uint64_t seed = tfm_rng_u64(tr->seed, (uint64_t)tr->step, (uint64_t)tr->micro);
     if (tr->micro == 0) tr->m->be->zero(tr->stats, sizeof *tr->stats);
+    if (!b->targets) return tfm_error(TFM_ERR_INVALID, "train step: the batch has no targets");
     tr->ws.loss_acc = tr->stats; /* the loss stays on the device until the update */
-    tfm_status st = tfm_model_forward(tr->m, &tr->ws, b, 1, seed);
+    tfm_status st = tfm_model_stage(tr->m, &tr->ws, b, 1, seed);
+    if (st == TFM_OK) st = forward_backward(tr, b, seed, grad_scale);
     tr->ws.loss_acc = NULL;
     TFM_TRY(st);
-    TFM_TRY(tfm_model_backward(tr->m, &tr->ws, b, &tr->grad_views, grad_scale));
     tr->micro++;
     tr->n_tokens += tr->ws.n_tokens;
     return TFM_OK;

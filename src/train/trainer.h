@@ -15,6 +15,15 @@
  * the loss accumulates in device memory (stats), the gradient norm is
  * computed there and the clipped update reads it there; tfm_trainer_update
  * then downloads both in one copy.
+ *
+ * On a backend that records (backend.h: graph_begin; CUDA graphs) the
+ * forward + backward of a micro-batch is recorded the second time its shape
+ * (B, S, T) comes, and replayed from then on: the per-step values (dropout
+ * seed, loss scale) go to the backend's slots first (step_values). Up to
+ * TFM_TRAINER_GRAPHS shapes keep a recording (the least recently used one
+ * goes); a recording the backend refuses is made again, one it cannot make
+ * leaves that shape to run directly. TFM_CUDA_GRAPHS=0 in the environment
+ * turns recording off.
  */
 #ifndef TFM_TRAIN_TRAINER_H
 #define TFM_TRAIN_TRAINER_H
@@ -24,6 +33,17 @@
 #include "model/model.h"
 #include "train/optim.h"
 #include "train/schedule.h"
+
+#define TFM_TRAINER_GRAPHS 16
+
+/* One batch shape's recorded forward + backward (backend memory's graph). */
+typedef struct tfm_step_graph {
+    int B, S, T;
+    int runs;        /* times this shape has run */
+    long last_used;  /* the trainer's micro-batch count when it last ran */
+    int failed;      /* the backend could not record it: run directly */
+    void *graph;     /* NULL: not recorded (yet) */
+} tfm_step_graph;
 
 typedef struct tfm_trainer {
     tfm_model *m;
@@ -40,6 +60,9 @@ typedef struct tfm_trainer {
     double loss_sum;                /* of the last update (downloaded from stats) */
     long n_tokens;                  /* non-pad targets accumulated since the last update */
     float last_lr, last_grad_norm;
+    int graphs_on;                  /* the backend records, and TFM_CUDA_GRAPHS is not 0 */
+    long micro_total;               /* micro-batches run so far (the graphs' clock) */
+    tfm_step_graph graphs[TFM_TRAINER_GRAPHS];
 } tfm_trainer;
 
 tfm_status tfm_trainer_init(tfm_trainer *tr, tfm_model *m, const tfm_adam_params *opt,
