@@ -81,9 +81,13 @@ static void cpu_copy_rows(float *dst, long dst_row, const float *src, long src_r
 /* For each row, the first v (other than the skipped ids) with the largest
  * x[n, v]; -1 if every id is skipped. The answer of the scan
  * `if (x[v] > x[best]) best = v`, in two passes that vectorise (the largest
- * value, then its first index): NaNs never win, except a NaN at the first
- * allowed id, which the scan keeps. */
-static void cpu_argmax_rows(int32_t *out, const float *x, int N, int V, int skip_a, int skip_b, int skip_c) {
+ * value, then its first index, looked for a block at a time): NaNs never win,
+ * except a NaN at the first allowed id, which the scan keeps. Rows on all
+ * threads when there are many (greedy decoding: 64 x 32000). */
+#define ARGMAX_BLOCK 64
+TFM_CLONES_F32 static void cpu_argmax_rows(int32_t *out, const float *x, int N, int V, int skip_a, int skip_b,
+                                           int skip_c) {
+#pragma omp parallel for schedule(static) if(N > 1 && (size_t)N * V >= 65536)
     for (int n = 0; n < N; n++) {
         const float *row = x + (size_t)n * V;
         int first = 0;
@@ -97,7 +101,14 @@ static void cpu_argmax_rows(int32_t *out, const float *x, int N, int V, int skip
             int take = (r > mx) & (v != skip_a) & (v != skip_b) & (v != skip_c);
             mx = take ? r : mx;
         }
-        for (int v = first; v < V; v++) {
+        int v = first;
+        for (; v + ARGMAX_BLOCK <= V; v += ARGMAX_BLOCK) { /* to the first block holding mx */
+            int hit = 0;
+#pragma omp simd reduction(| : hit)
+            for (int j = 0; j < ARGMAX_BLOCK; j++) hit |= row[v + j] == mx;
+            if (hit) break;
+        }
+        for (; v < V; v++) {
             if (row[v] == mx && v != skip_a && v != skip_b && v != skip_c) {
                 out[n] = v;
                 break;
@@ -105,7 +116,10 @@ static void cpu_argmax_rows(int32_t *out, const float *x, int N, int V, int skip
         }
     }
 }
+/* On all threads once there is a KV cache's worth to move (256 KiB): one
+ * core's copy does not use the memory bandwidth of two. */
 static void cpu_gather_rows(float *dst, const float *src, long row, size_t width, const int32_t *from, int n) {
+#pragma omp parallel for schedule(static) if((size_t)n * width >= 65536)
     for (int r = 0; r < n; r++) memcpy(dst + r * row, src + from[r] * row, width * sizeof *dst);
 }
 

@@ -17,9 +17,10 @@
  *   5. one tfm_decoder_reorder moves the parents' caches to the new slots and
  *      drops the rows of done sentences.
  * The pool keeps the `beam` best hypotheses by score (ties: found first).
- * Slots with no live beam (score -inf: at step 1, where only slot 0 of each
- * sentence is live, or when a tiny vocabulary gives too few candidates) are
- * computed as dummies and never chosen.
+ * Step 1 runs one row per sentence (only slot 0 is live: every beam starts
+ * from bos), and its reorder gives every sentence its `beam` rows. Later
+ * slots with no live beam (score -inf: when a tiny vocabulary gives too few
+ * candidates) are computed as dummies and never chosen.
  */
 #include "infer/beam.h"
 
@@ -174,11 +175,12 @@ static double pool_worst(const search *s, int b) {
 /* The top 2*beam candidates of the sentence in rows row0.., best first (ties:
  * lower slot, then lower token, because those are seen first and a candidate
  * only passes another if strictly better). Returns how many were found. */
-static int top_candidates(search *s, int b, int row0, const tfm_config *cfg) {
+static int top_candidates(search *s, int b, int row0, int per) {
     int cap = 2 * s->beam, n = 0;
     for (int k = 0; k < s->beam; k++) {
         double sk = s->score[(size_t)b * s->beam + k];
         if (sk == -INFINITY) continue;
+        TFM_ASSERT(k < per); /* a live slot has a row */
         const int32_t *ids = s->top_ids + (size_t)(row0 + k) * s->K;
         const float *lp = s->top_vals + (size_t)(row0 + k) * s->K;
         /* The row's K best tokens (pad and bos never), best first, lower id
@@ -264,14 +266,6 @@ static tfm_status check_args(const tfm_decoder *d, const int32_t *src, int B, in
     return TFM_OK;
 }
 
-/* Encodes the sources once and gives every sentence `beam` rows. */
-static tfm_status start(tfm_decoder *d, search *s, const int32_t *src, int B, int S) {
-    TFM_TRY(tfm_decoder_start(d, src, B, S));
-    if (s->beam == 1) return TFM_OK;
-    for (int r = 0; r < B * s->beam; r++) s->from[r] = r / s->beam;
-    return tfm_decoder_reorder(d, s->from, B * s->beam);
-}
-
 tfm_status tfm_beam_search_stats(tfm_decoder *d, const int32_t *src, int B, int S, const tfm_beam_params *p,
                                  tfm_hypothesis *out, tfm_beam_stats *stats) {
     TFM_ASSERT(d && d->m && src && p && out);
@@ -298,7 +292,7 @@ tfm_status tfm_beam_search_stats(tfm_decoder *d, const int32_t *src, int B, int 
     tfm_status st = search_alloc(&s, d->m->be, B, beam, V, V - 2 - (p->forbid_eos ? 1 : 0), Lcap);
     if (st == TFM_OK) {
         memcpy(s.lmax, lmax, (size_t)B * sizeof *lmax);
-        st = start(d, &s, src, B, S);
+        st = tfm_decoder_start(d, src, B, S); /* one row per sentence until step 1's reorder */
     }
     free(lmax);
     if (st != TFM_OK) {
@@ -314,7 +308,8 @@ tfm_status tfm_beam_search_stats(tfm_decoder *d, const int32_t *src, int B, int 
     int n_act = B;
     long seq = 0;
     for (int t = 1; n_act > 0; t++) { /* step t computes the t-th output token */
-        int rows = n_act * beam;
+        int per = t == 1 ? 1 : beam; /* decoder rows per sentence */
+        int rows = n_act * per;
         if ((st = tfm_decoder_step(d, s.tok_in)) != TFM_OK) break;
         stats->steps++;
         stats->row_steps += rows;
@@ -329,7 +324,7 @@ tfm_status tfm_beam_search_stats(tfm_decoder *d, const int32_t *src, int B, int 
         int new_act = 0;
         for (int i = 0; i < n_act; i++) {
             int b = s.act[i];
-            int nc = top_candidates(&s, b, i * beam, cfg);
+            int nc = top_candidates(&s, b, i * per, per);
             const int32_t *hb = s.hist + (size_t)b * beam * Lcap;
             int32_t *hn = s.hist_new + (size_t)b * beam * Lcap;
             double *sn = s.score_new + (size_t)b * beam;
@@ -367,7 +362,7 @@ tfm_status tfm_beam_search_stats(tfm_decoder *d, const int32_t *src, int B, int 
             for (int k = 0; k < beam; k++) {
                 int live = k < n_live;
                 int src_k = live ? k : 0; /* a dead slot shadows live beam 0 */
-                s.from[j * beam + k] = i * beam + parent[src_k];
+                s.from[j * beam + k] = i * per + parent[src_k];
                 s.tok_in[j * beam + k] = hn[(size_t)src_k * Lcap + t - 1];
                 if (!live) {
                     sn[k] = -INFINITY;
@@ -384,7 +379,7 @@ tfm_status tfm_beam_search_stats(tfm_decoder *d, const int32_t *src, int B, int 
         if (new_act == 0) break;
         /* When no row moves (always so with beam 1 until a sentence leaves),
          * there is nothing to copy. */
-        int identity = new_act == n_act;
+        int identity = new_act == n_act && per == beam;
         for (int r = 0; identity && r < new_act * beam; r++) identity = s.from[r] == r;
         if (!identity && (st = tfm_decoder_reorder(d, s.from, new_act * beam)) != TFM_OK) break;
         n_act = new_act;

@@ -33,16 +33,22 @@ static float *take(carver *c, size_t n) {
     return p;
 }
 
+/* Every self-attention cache has the size of spare_self and every cross K/V
+ * the size of spare_cross, so that reordering can gather a cache into its
+ * spare and swap the two pointers (one copy instead of two). */
 static void carve(carver *c, tfm_decoder *d) {
     const tfm_model *m = d->m;
     const tfm_config *cfg = &m->cfg;
     size_t B = (size_t)d->max_B, T = (size_t)d->max_T, S = (size_t)d->max_S;
     int D = cfg->d_model, H = cfg->heads, has_enc = cfg->enc_layers > 0;
+    size_t self = B * T * H * (m->dk > m->dv ? m->dk : m->dv), cross = B * S * H * (m->dk + m->dv);
     for (int l = 0; l < cfg->dec_layers; l++) {
-        d->k_cache[l] = take(c, B * T * H * m->dk);
-        d->v_cache[l] = take(c, B * T * H * m->dv);
-        if (has_enc) d->cross_kv[l] = take(c, B * S * H * (m->dk + m->dv));
+        d->k_cache[l] = take(c, self);
+        d->v_cache[l] = take(c, self);
+        if (has_enc) d->cross_kv[l] = take(c, cross);
     }
+    d->spare_self = take(c, self);
+    if (has_enc) d->spare_cross = take(c, cross);
     size_t L = T > S ? T : S;
     d->x = take(c, B * D);
     d->ln = take(c, B * D);
@@ -56,9 +62,12 @@ static void carve(carver *c, tfm_decoder *d) {
     d->probs = take(c, B * H * L);
     d->top = take(c, B * D);
     d->dev_logits = take(c, B * cfg->tgt_vocab);
-    size_t krow = T * H * m->dk, vrow = T * H * m->dv, crow = has_enc ? S * H * (m->dk + m->dv) : 0;
-    size_t longest = krow > vrow ? krow : vrow;
-    d->gather_tmp = take(c, B * (longest > crow ? longest : crow));
+}
+
+/* tfm_decoder_reorder's host scratch for n rows: the row map, then the
+ * positions, sentences, self and source padding of the new rows. */
+static size_t host_reorder_bytes(const tfm_decoder *d, int n) {
+    return (size_t)n * (3 * sizeof(int32_t) + (size_t)d->max_T + (size_t)d->max_S);
 }
 
 tfm_status tfm_decoder_init(tfm_decoder *d, const tfm_model *m, int max_B, int max_S, int max_T) {
@@ -89,12 +98,14 @@ tfm_status tfm_decoder_init(tfm_decoder *d, const tfm_model *m, int max_B, int m
     d->host_src_pad = calloc((size_t)max_B * (d->max_S + 1), 1);
     d->host_pos = calloc((size_t)max_B, sizeof *d->host_pos);
     d->host_src_row = calloc((size_t)max_B, sizeof *d->host_src_row);
+    d->host_reorder = malloc(host_reorder_bytes(d, max_B));
     carver count = {0};
     if (d->k_cache && d->v_cache && d->cross_kv) carve(&count, d);
     d->mem = count.used ? be->alloc(count.used * sizeof(float)) : NULL;
     d->logits = be->host_memory ? NULL : malloc((size_t)max_B * cfg->tgt_vocab * sizeof *d->logits);
     if (!d->k_cache || !d->v_cache || !d->cross_kv || !d->self_pad || !d->pos || !d->tokens || !d->rows || !d->best ||
-        !d->host_self_pad || !d->host_src_pad || !d->host_pos || !d->host_src_row || !d->mem || (!be->host_memory && !d->logits)) {
+        !d->host_self_pad || !d->host_src_pad || !d->host_pos || !d->host_src_row || !d->host_reorder || !d->mem ||
+        (!be->host_memory && !d->logits)) {
         tfm_decoder_free(d);
         return tfm_error(TFM_ERR_NOMEM, "decoder: out of memory for the KV cache of %d x %d x %d", max_B,
                          max_S, max_T);
@@ -124,6 +135,7 @@ void tfm_decoder_free(tfm_decoder *d) {
     free(d->host_src_pad);
     free(d->host_pos);
     free(d->host_src_row);
+    free(d->host_reorder);
     memset(d, 0, sizeof *d);
 }
 
@@ -270,13 +282,16 @@ tfm_status tfm_decoder_step(tfm_decoder *d, const int32_t *tokens) {
     return TFM_OK;
 }
 
-/* Gathers rows of a backend [max_B, row] array in place through d->gather_tmp;
- * only the first `used` floats of each row hold data; d->rows holds the sources. */
-static void gather_rows(tfm_decoder *d, float *a, size_t row, size_t used, int n) {
-    const tfm_backend *be = d->m->be;
+/* Gathers the rows of the backend array *a [max_B, row] (d->rows holds the
+ * sources; only the first `used` floats of a row hold data) into *spare, then
+ * swaps the two: *a is the gathered array, *spare the old one, free for the
+ * next gather. Both were allocated with the same size (carve). */
+static void gather_swap(tfm_decoder *d, float **a, float **spare, size_t row, size_t used, int n) {
     if (used == 0) return;
-    be->gather_rows(d->gather_tmp, a, (long)row, used, d->rows, n);
-    be->copy_rows(a, (long)row, d->gather_tmp, (long)row, used, n);
+    d->m->be->gather_rows(*spare, *a, (long)row, used, d->rows, n);
+    float *t = *a;
+    *a = *spare;
+    *spare = t;
 }
 
 tfm_status tfm_decoder_reorder(tfm_decoder *d, const int *from, int n_rows) {
@@ -294,18 +309,16 @@ tfm_status tfm_decoder_reorder(tfm_decoder *d, const int *from, int n_rows) {
     for (int r = 0; r < n_rows; r++) cross_moves |= d->host_src_row[from[r]] != d->host_src_row[r];
     size_t krow = (size_t)d->max_T * H * m->dk, vrow = (size_t)d->max_T * H * m->dv;
     size_t crow = (size_t)d->S * H * (m->dk + m->dv); /* rows are S long (start) */
-    size_t host_bytes = (size_t)n_rows * (d->max_T + d->S + 1 + sizeof(int32_t) * 3);
-    uint8_t *host = malloc(host_bytes);
-    if (!host) return tfm_error(TFM_ERR_NOMEM, "decoder: out of memory reordering the cache");
+    uint8_t *host = d->host_reorder;
     int32_t *from32 = (int32_t *)host, *pos = from32 + n_rows, *src_row = pos + n_rows;
     uint8_t *pad = (uint8_t *)(src_row + n_rows), *spad = pad + (size_t)n_rows * d->max_T;
     for (int r = 0; r < n_rows; r++) from32[r] = from[r];
     m->be->upload(d->rows, from32, (size_t)n_rows * sizeof *from32);
     for (int l = 0; l < cfg->dec_layers; l++) {
         /* Only the first `step` positions of a cache row are filled. */
-        gather_rows(d, d->k_cache[l], krow, (size_t)d->step * H * m->dk, n_rows);
-        gather_rows(d, d->v_cache[l], vrow, (size_t)d->step * H * m->dv, n_rows);
-        if (has_enc && cross_moves) gather_rows(d, d->cross_kv[l], crow, crow, n_rows);
+        gather_swap(d, &d->k_cache[l], &d->spare_self, krow, (size_t)d->step * H * m->dk, n_rows);
+        gather_swap(d, &d->v_cache[l], &d->spare_self, vrow, (size_t)d->step * H * m->dv, n_rows);
+        if (has_enc && cross_moves) gather_swap(d, &d->cross_kv[l], &d->spare_cross, crow, crow, n_rows);
     }
     for (int r = 0; r < n_rows; r++) {
         memcpy(pad + (size_t)r * d->max_T, d->host_self_pad + (size_t)from[r] * d->max_T, d->max_T);
@@ -321,7 +334,6 @@ tfm_status tfm_decoder_reorder(tfm_decoder *d, const int *from, int n_rows) {
         m->be->upload(d->enc_ws.src_pad, spad, (size_t)n_rows * d->S);
     }
     d->B = n_rows;
-    free(host);
     return TFM_OK;
 }
 

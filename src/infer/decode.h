@@ -28,15 +28,18 @@ typedef struct tfm_decoder {
     int step;                 /* positions cached so far */
     tfm_workspace enc_ws;     /* the encoder's activations (encoder-decoder only) */
     /* In the model's backend memory: */
-    float **k_cache, **v_cache;  /* per layer [B, Tm, H*dk], [B, Tm, H*dv] */
-    float **cross_kv;         /* per layer [B, S, H*(dk+dv)] */
+    float **k_cache, **v_cache;  /* per layer [B, Tm, H*dk], [B, Tm, H*dv], each the size of spare_self */
+    float **cross_kv;         /* per layer [B, S, H*(dk+dv)], each the size of spare_cross */
     uint8_t *self_pad;        /* [B, Tm] 1 = cached position holds a pad token */
     int32_t *pos;             /* [B] position of each row's next token */
     int32_t *tokens;          /* [B] this step's tokens */
     int32_t *rows;            /* [B] reorder source rows */
     int32_t *best;            /* [B] argmax results */
     float *mem;               /* one allocation for caches and scratch */
-    float *gather_tmp;        /* [B, the longest cache row] for reordering */
+    float *spare_self;        /* [B, Tm, H*max(dk, dv)] the spare self-attention cache: reordering
+                                 gathers a cache into it and the two trade places */
+    float *spare_cross;       /* [B, S, H*(dk+dv)] the same for the cross K/V (encoder-decoder only) */
+    uint8_t *host_reorder;    /* host scratch of tfm_decoder_reorder, sized at init */
     /* one step's scratch */
     float *x, *ln, *mean, *rstd, *res, *qkv, *att, *proj, *ffn, *probs, *top;
     float *dev_logits;        /* [B, V] the last step's logits */

@@ -80,26 +80,49 @@ TFM_CLONES void OPFN(tfm_log_softmax)(real *out, const real *logits, int N, int 
 }
 
 #ifndef TFM_OPS_F64
-void tfm_topk_logprobs(int32_t *ids, float *vals, const float *x, int N, int V, int k, int skip_a, int skip_b,
-                       int skip_c) {
+/* One step of the insertion scan below: x = row[v] enters the sorted top k
+ * when fewer than k are kept or it beats the k-th. */
+static inline __attribute__((always_inline)) void topk_offer(int32_t *id, float *val, int k, int *have, int v,
+                                                             float x) {
+    if (*have == k && !(x > val[k - 1])) return;
+    int pos = *have < k ? (*have)++ : k - 1;
+    while (pos > 0 && val[pos - 1] < x) {
+        val[pos] = val[pos - 1];
+        id[pos] = id[pos - 1];
+        pos--;
+    }
+    val[pos] = x;
+    id[pos] = v;
+}
+
+/* The insertion scan over ids in ascending order (ties keep the first), with
+ * the k-th value as a bar: once k are kept, a block of TOPK_BLOCK values is
+ * tried one by one only when its maximum beats the bar, which for a row of
+ * 32000 logits and k = 8 is a few dozen blocks of the 500. The blocks skip
+ * nothing the scan would take (a NaN never beats the bar, and neither does
+ * anything when the bar is NaN), so the result is the plain scan's. */
+#define TOPK_BLOCK 64
+TFM_CLONES void tfm_topk_logprobs(int32_t *ids, float *vals, const float *x, int N, int V, int k, int skip_a,
+                                  int skip_b, int skip_c) {
 #pragma omp parallel for schedule(static) if(N > 1)
     for (int n = 0; n < N; n++) {
         const float *row = x + (size_t)n * V;
         int32_t *id = ids + (size_t)n * k;
         float *val = vals + (size_t)n * k;
-        int have = 0;
-        for (int v = 0; v < V; v++) { /* insertion into the sorted top k; ids ascend, so ties keep the first */
-            if (v == skip_a || v == skip_b || v == skip_c) continue;
-            if (have == k && !(row[v] > val[k - 1])) continue;
-            int pos = have < k ? have++ : k - 1;
-            while (pos > 0 && val[pos - 1] < row[v]) {
-                val[pos] = val[pos - 1];
-                id[pos] = id[pos - 1];
-                pos--;
-            }
-            val[pos] = row[v];
-            id[pos] = v;
+        int have = 0, v = 0;
+        if (k <= 0) continue;
+        for (; v < V && have < k; v++)
+            if (v != skip_a && v != skip_b && v != skip_c) topk_offer(id, val, k, &have, v, row[v]);
+        for (; v + TOPK_BLOCK <= V; v += TOPK_BLOCK) {
+            float mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
+            for (int j = 0; j < TOPK_BLOCK; j++) mx = row[v + j] > mx ? row[v + j] : mx;
+            if (!(mx > val[k - 1])) continue;
+            for (int j = v; j < v + TOPK_BLOCK; j++)
+                if (j != skip_a && j != skip_b && j != skip_c) topk_offer(id, val, k, &have, j, row[j]);
         }
+        for (; v < V; v++)
+            if (v != skip_a && v != skip_b && v != skip_c) topk_offer(id, val, k, &have, v, row[v]);
         float l = row_logsumexp(row, V);
         for (int j = 0; j < have; j++) val[j] = val[j] - l;
     }
