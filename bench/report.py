@@ -105,6 +105,17 @@ def row(name, ours, torch, r, target, met):
             "met": ("yes" if met else "NO") if met is not None else "-"}
 
 
+# CTranslate2 4.8, float32, on this project's machine (2 threads, random
+# weights, source 24 tokens, exactly 24 output tokens), as issue 4 quotes
+# them; CTranslate2 itself cannot be installed here (no network), so these
+# are the reference the `ct2` case is measured against.
+CT2_TOKENS_PER_S = {
+    ("small", "g64"): 4900, ("small", "b64"): 1900, ("small", "g1"): 270,
+    ("base", "g64"): 1050, ("base", "b64"): 500,
+}
+CT2_NAMES = {"g64": "greedy, 64 sentences", "b64": "beam 4, 64 sentences", "g1": "greedy, 1 sentence"}
+
+
 def build_rows(res):
     rows = []
     has = lambda case: os.path.isdir(os.path.join(res, case))
@@ -179,6 +190,18 @@ def build_rows(res):
             rows.append(row(f"long input: peak RSS increase {b}->{c} over {a}->{b} (ours; 2 = linear, 4 = quadratic)",
                             Stat([g]) if g else Stat([]), None, None, "linear in length (<= 2.5)",
                             g <= 2.5 if g else None))
+    for cfg in ("small", "base"):
+        for mode in ("g64", "b64", "g1"):
+            case = f"ct2-{cfg}-{mode}"
+            if not has(case):
+                continue
+            o = field(res, case, "c", "tokens_per_s")
+            ref = CT2_TOKENS_PER_S.get((cfg, mode))
+            r = o.med / ref if o.ok and ref else None
+            rows.append(row(f"decoding at CTranslate2's settings, {cfg}, {CT2_NAMES[mode]} x 24 tokens: tokens/s "
+                            "(the other column: CTranslate2 4.8's figure from issue 4, not measured in this run)",
+                            o, Stat([ref]) if ref else None, r, ">= CTranslate2" if ref else "(no figure)",
+                            r >= 1 if r is not None else None))
     if has("translate"):
         o = field(res, "translate", "c", "sentences_per_s")
         ot = field(res, "translate", "c", "tokens_per_s")

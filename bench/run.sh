@@ -2,7 +2,11 @@
 # run.sh: transformer.c against PyTorch on this machine, in one run: training
 # steps (small, base), greedy decoding (64 and 1 sentences), sgemm at the
 # training step's GEMM shapes, a long input, beam-4 translation; a table of
-# medians, spreads, ratios and targets at the end.
+# medians, spreads, ratios and targets at the end. `ct2`: our decoding at the
+# settings of issue 4's CTranslate2 4.8 figures (random weights, source 24,
+# exactly 24 output tokens, 2 threads; small and base, greedy on 64
+# sentences and on 1, beam 4 on 64), against those figures (CTranslate2 is
+# not installable here: no network; bench/README.md).
 #
 # Each case alternates processes: ours, PyTorch, ours, PyTorch, ... (--reps
 # processes per side). Every process builds its model, runs warm-up steps,
@@ -23,7 +27,7 @@
 #   --quick              smoke test: 1 process per side, 1 timed rep, small only, long at 512 tokens
 #   --reps N             processes per side per case (default 5)
 #   --threads T          threads of each side (default 2)
-#   --only LIST          comma-separated subset of train,greedy,sgemm,long,translate (default all)
+#   --only LIST          comma-separated subset of train,greedy,sgemm,long,translate,ct2 (default all)
 #   --model DIR          trained model directory for the beam-4 translation (default none: skipped)
 #   --checkpoint FILE    weights in DIR to translate with (default DIR/model.safetensors)
 #   --input FILE         sentences to translate (default ../shared/data/multi30k/test_2016_flickr.de)
@@ -40,7 +44,7 @@ cd "$(dirname "$0")/.."
 usage() { sed -n '/^# usage:/,/^# env:/p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "bench/run.sh: $*" >&2; exit 2; }
 
-quick=0 reps=5 threads=2 only="train,greedy,sgemm,long,translate" model="" checkpoint="" input=""
+quick=0 reps=5 threads=2 only="train,greedy,sgemm,long,translate,ct2" model="" checkpoint="" input=""
 long_lens="1024 2048 4096" out="" results="" build_dir="build" cli=""
 shared="${TFM_SHARED_DIR:-../shared}"
 py="${TFM_PYTHON:-/usr/bin/python3}"
@@ -66,7 +70,7 @@ while [[ $# -gt 0 ]]; do
 done
 IFS=',' read -r -a only_list <<< "$only"
 for b in "${only_list[@]}"; do
-  case "$b" in train|greedy|sgemm|long|translate) ;; *) die "--only: unknown benchmark '$b' (train, greedy, sgemm, long, translate)" ;; esac
+  case "$b" in train|greedy|sgemm|long|translate|ct2) ;; *) die "--only: unknown benchmark '$b' (train, greedy, sgemm, long, translate, ct2)" ;; esac
 done
 for L in $long_lens; do posint --long-lens "$L"; done
 wants() { [[ ",$only," == *",$1,"* ]]; }
@@ -226,6 +230,28 @@ if wants long; then
       echo "long $L tokens: round $r/$lreps"
       run "long-$L" c "$cli" bench long --len "$L" --reps 1 --threads "$threads" "${warm[@]}"
       run "long-$L" torch "${torch_cmd[@]}" long --len "$L" --reps 1 --threads "$threads" "${warm[@]}"
+    done
+  done
+fi
+
+if wants ct2; then
+  # Ours only: the reference figures are report.py's CT2_TOKENS_PER_S.
+  for cfg in "${configs[@]}"; do
+    for mode in g64 b64 g1; do
+      case $mode in
+        g64) dargs=(--batch 64) ;;
+        b64) dargs=(--batch 64 --beam 4) ;;
+        g1) dargs=(--batch 1) ;;
+      esac
+      inner=3
+      [[ $cfg == base && $mode != g1 ]] && inner=1
+      [[ $mode == g1 ]] && inner=10
+      ((quick)) && inner=1
+      for ((r = 1; r <= reps; r++)); do
+        echo "ct2 settings, $cfg $mode: round $r/$reps"
+        run "ct2-$cfg-$mode" c "$cli" bench greedy --config "$cfg" "${dargs[@]}" --src-len 24 --out-len 24 \
+          --reps "$inner" --threads "$threads" "${warm[@]}"
+      done
     done
   done
 fi
