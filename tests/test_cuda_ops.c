@@ -1661,12 +1661,12 @@ static void test_ffn_case(const char *tag, int N, int D, int F, tfm_act_kind kin
     float *d_act = dputf(act, nf), *d_dact = dputf(dact, nf + 4), *d_din = dputf(din, nd);
     float *d_dw1 = dputf(dw1, fd), *d_db1 = dputf(db1, F), *d_dw2 = dputf(dw2, fd), *d_db2 = dputf(db2, D);
     CHECK(G->set_matmul_precision(bf16 ? TFM_MATMUL_BF16 : TFM_MATMUL_FP32), "precision refused");
-    G->ffn_forward(d_out, d_hidden, d_act, d_in, d_w1, d_b1, d_w2, d_b2, N, D, F, kind, p, seed, stream);
+    G->ffn_forward(d_out, d_hidden, d_act, d_in, d_w1, d_b1, d_w2, d_b2, N, D, F, kind, p, seed, stream, 0);
     G->ffn_backward(d_din, d_dw1, d_db1, d_dw2, d_db2, d_dact + dact_off, d_dout, d_in, d_hidden, d_act, d_w1, d_w2,
                     N, D, F, kind, p, seed, stream, acc);
     float *r_din = hdup(din, nd), *r_dw1 = hdup(dw1, fd), *r_db1 = hdup(db1, F), *r_dw2 = hdup(dw2, fd);
     float *r_db2 = hdup(db2, D);
-    C->ffn_forward(out, hidden, act, in, w1, b1, w2, b2, N, D, F, kind, p, seed, stream);
+    C->ffn_forward(out, hidden, act, in, w1, b1, w2, b2, N, D, F, kind, p, seed, stream, 0);
     C->ffn_backward(r_din, r_dw1, r_db1, r_dw2, r_db2, dact, dout, in, hidden, act, w1, w2, N, D, F, kind, p, seed,
                     stream, acc);
 
@@ -1749,7 +1749,73 @@ static void test_ffn_case(const char *tag, int N, int D, int F, tfm_act_kind kin
  * (TFM_FFN_FUSED=0: BF16 mode's composition, for comparison); the
  * composition everywhere else: fp32 mode, GELU, activation dropout, too few
  * rows, D or F not multiples of 8, D > F. */
+/* ffn_in_keep and in_filled (backend.h): in BF16 mode on the fused path, the
+ * keep inside act filled with `in` rounded to bf16 (as a producer writes it)
+ * and `in` itself NaN: the forward and the backward must give the bits of the
+ * run that converted `in` itself. Where the fused path cannot run (fp32
+ * mode, GELU) there is no keep (NULL). */
+static void test_ffn_filled(int N, int D, int F) {
+    size_t nd = (size_t)N * D, nf = (size_t)N * F, fd = (size_t)F * D;
+    float *in = hrand(nd, -1, 1), *w1 = hrand(fd, -0.05f, 0.05f), *b1 = hrand(F, -0.1f, 0.1f);
+    float *w2 = hrand(fd, -0.1f, 0.1f), *b2 = hrand(D, -0.2f, 0.2f), *dout = hrand(nd, -1, 1);
+    float *d_w1 = dputf(w1, fd), *d_b1 = dputf(b1, F), *d_w2 = dputf(w2, fd), *d_b2 = dputf(b2, D);
+    float *d_dout = dputf(dout, nd), *d_hidden = (float *)G->alloc(nf * 4), *d_act = (float *)G->alloc(nf * 4);
+    float *d_dact = (float *)G->alloc(nf * 4), *d_out[2], *d_din[2], *d_dw1[2], *d_db1[2], *d_dw2[2], *d_db2[2];
+    CHECK(G->set_matmul_precision(TFM_MATMUL_FP32), "fp32 mode refused");
+    CHECK(G->ffn_in_keep(d_hidden, d_act, N, D, F, TFM_OP_RELU, 0.0f) == NULL, "ffn_in_keep in fp32 mode");
+    CHECK(G->set_matmul_precision(TFM_MATMUL_BF16), "bf16 mode refused");
+    CHECK(G->ffn_in_keep(d_hidden, d_act, N, D, F, TFM_OP_GELU, 0.0f) == NULL, "ffn_in_keep with GELU");
+    void *keep = G->ffn_in_keep(d_hidden, d_act, N, D, F, TFM_OP_RELU, 0.0f);
+    CHECK(keep != NULL, "ffn_in_keep %dx%dx%d: no keep in BF16 mode", N, D, F);
+    for (int run = 0; run < 2 && keep; run++) {
+        float *d_in = dputf(in, nd);
+        d_out[run] = (float *)G->alloc(nd * 4), d_din[run] = (float *)G->alloc(nd * 4);
+        d_dw1[run] = (float *)G->alloc(fd * 4), d_db1[run] = (float *)G->alloc(F * 4);
+        d_dw2[run] = (float *)G->alloc(fd * 4), d_db2[run] = (float *)G->alloc(D * 4);
+        if (run == 1) { /* the producer's copy, then `in` poisoned */
+            uint16_t *bits = xmalloc(nd * sizeof *bits);
+            for (size_t i = 0; i < nd; i++) {
+                float r = bf16_round(in[i]);
+                uint32_t u;
+                memcpy(&u, &r, sizeof u);
+                bits[i] = (uint16_t)(u >> 16);
+            }
+            G->upload(keep, bits, nd * sizeof *bits);
+            float *nans = hnan(nd);
+            G->upload(d_in, nans, nd * sizeof(float));
+            free(nans), free(bits);
+        }
+        G->ffn_forward(d_out[run], d_hidden, d_act, d_in, d_w1, d_b1, d_w2, d_b2, N, D, F, TFM_OP_RELU, 0.0f, 1, 2,
+                       run);
+        G->ffn_backward(d_din[run], d_dw1[run], d_db1[run], d_dw2[run], d_db2[run], d_dact, d_dout, d_in, d_hidden,
+                        d_act, d_w1, d_w2, N, D, F, TFM_OP_RELU, 0.0f, 1, 2, 0);
+        G->free(d_in);
+    }
+    if (keep) {
+        const float *a[6] = {d_out[0], d_din[0], d_dw1[0], d_db1[0], d_dw2[0], d_db2[0]};
+        const float *b[6] = {d_out[1], d_din[1], d_dw1[1], d_db1[1], d_dw2[1], d_db2[1]};
+        const size_t n[6] = {nd, nd, fd, (size_t)F, fd, (size_t)D};
+        const char *what[6] = {"out", "din", "dw1", "db1", "dw2", "db2"};
+        for (int t = 0; t < 6; t++) {
+            char name[96];
+            snprintf(name, sizeof name, "ffn %dx%dx%d in_filled %s", N, D, F, what[t]);
+            float *want = dget(a[t], n[t]);
+            cmp_exact(name, b[t], want, n[t]);
+            free(want);
+        }
+        for (int run = 0; run < 2; run++) {
+            G->free(d_out[run]), G->free(d_din[run]), G->free(d_dw1[run]), G->free(d_db1[run]);
+            G->free(d_dw2[run]), G->free(d_db2[run]);
+        }
+    }
+    CHECK(G->set_matmul_precision(TFM_MATMUL_FP32), "fp32 mode refused");
+    G->free(d_w1), G->free(d_b1), G->free(d_w2), G->free(d_b2), G->free(d_dout), G->free(d_hidden), G->free(d_act);
+    G->free(d_dact);
+    free(in), free(w1), free(b1), free(w2), free(b2), free(dout);
+}
+
 static void test_ffn(void) {
+    test_ffn_filled(520, 256, 1024);
     for (int acc = 0; acc < 2; acc++) {
         test_ffn_case("relu", 37, 24, 40, TFM_OP_RELU, 0.0f, 0, acc, 0, 0);
         test_ffn_case("fused", 517, 128, 512, TFM_OP_RELU, 0.0f, 1, acc, 1, 0);

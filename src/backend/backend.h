@@ -186,10 +186,17 @@ typedef struct tfm_backend {
      * ffn_backward reads them: a backend may keep them in a format of its own
      * (CUDA in BF16 mode: the bf16 activation, a ReLU mask and a bf16 copy of
      * `in`, written by the GEMMs' epilogues). dact[N,F] is the backward's
-     * scratch; on return its contents are unspecified. */
+     * scratch; on return its contents are unspecified.
+     * ffn_in_keep: where, inside hidden and act, ffn_forward with these
+     * arguments keeps the form of `in` its backward reads, laid out as a
+     * linear's keep (linear_keep_bytes(N, D, F)), or NULL (the CPU; CUDA
+     * outside its fused path). A producer of `in` may fill it
+     * (residual_dropout_layernorm's ln_keep); ffn_forward called with
+     * in_filled = 1 then takes it as it is instead of converting `in`. */
     void (*ffn_forward)(float *out, float *hidden, float *act, const float *in, const float *w1, const float *b1,
                         const float *w2, const float *b2, int N, int D, int F, tfm_act_kind kind, float p,
-                        uint64_t seed, uint64_t stream);
+                        uint64_t seed, uint64_t stream, int in_filled);
+    void *(*ffn_in_keep)(float *hidden, float *act, int N, int D, int F, tfm_act_kind kind, float p);
     void (*ffn_backward)(float *din, float *dw1, float *db1, float *dw2, float *db2, float *dact, const float *dout,
                          const float *in, const float *hidden, const float *act, const float *w1, const float *w2,
                          int N, int D, int F, tfm_act_kind kind, float p, uint64_t seed, uint64_t stream,

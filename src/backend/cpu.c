@@ -34,7 +34,7 @@ static void cpu_logits_backward(float *din, float *dw, float *dlogits, const flo
 /* ffn_forward and ffn_backward (backend.h): exactly the compositions. */
 static void cpu_ffn_forward(float *out, float *hidden, float *act, const float *in, const float *w1, const float *b1,
                             const float *w2, const float *b2, int N, int D, int F, tfm_act_kind kind, float p,
-                            uint64_t seed, uint64_t stream) {
+                            uint64_t seed, uint64_t stream, int in_filled) {
     tfm_linear_forward(hidden, in, w1, b1, N, D, F);
     tfm_activation_dropout_forward(act, hidden, (size_t)N * F, kind, p, seed, stream);
     tfm_linear_forward(out, act, w2, b2, N, F, D);
@@ -46,6 +46,9 @@ static void cpu_ffn_backward(float *din, float *dw1, float *db1, float *dw2, flo
     tfm_linear_backward(dact, dw2, db2, dout, act, w2, N, F, D, 0);
     tfm_activation_dropout_backward(dact, dact, hidden, (size_t)N * F, kind, p, seed, stream);
     tfm_linear_backward(din, dw1, db1, dact, in, w1, N, D, F, accumulate);
+}
+static void *cpu_ffn_in_keep(float *hidden, float *act, int N, int D, int F, tfm_act_kind kind, float p) {
+    return NULL; /* nothing kept */
 }
 static void cpu_global_norm_to(float *norm_out, const float *x, size_t n) { *norm_out = tfm_global_norm(x, n); }
 static void cpu_adam_update_clipped(const tfm_adam_coefs *c, float *param, float *grad, float *m, float *v, size_t n,
@@ -195,6 +198,7 @@ static const tfm_backend cpu_backend = {
     .logits_loss_forward = cpu_logits_loss_forward,
     .logits_backward = cpu_logits_backward,
     .ffn_forward = cpu_ffn_forward,
+    .ffn_in_keep = cpu_ffn_in_keep,
     .ffn_backward = cpu_ffn_backward,
     .log_softmax = tfm_log_softmax,
 };

@@ -506,6 +506,7 @@ static void fill_table(tfm_backend *t) {
     t->logits_loss_forward = tfm_cuda_logits_loss_forward;
     t->logits_backward = tfm_cuda_logits_backward;
     t->ffn_forward = tfm_cuda_ffn_forward; /* ffn.cu */
+    t->ffn_in_keep = tfm_cuda_ffn_in_keep;
     t->ffn_backward = tfm_cuda_ffn_backward;
     t->log_softmax = tfm_cuda_log_softmax;
 }

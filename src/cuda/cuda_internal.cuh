@@ -373,7 +373,8 @@ void tfm_cuda_colsum_add(float *sums, const float *x, int N, int C);
 /* ffn.cu: ffn_forward / ffn_backward of backend.h (see the top of ffn.cu). */
 void tfm_cuda_ffn_forward(float *out, float *hidden, float *act, const float *in, const float *w1, const float *b1,
                           const float *w2, const float *b2, int N, int D, int F, tfm_act_kind kind, float p,
-                          uint64_t seed, uint64_t stream);
+                          uint64_t seed, uint64_t stream, int in_filled);
+void *tfm_cuda_ffn_in_keep(float *hidden, float *act, int N, int D, int F, tfm_act_kind kind, float p);
 void tfm_cuda_ffn_backward(float *din, float *dw1, float *db1, float *dw2, float *db2, float *dact,
                            const float *dout, const float *in, const float *hidden, const float *act,
                            const float *w1, const float *w2, int N, int D, int F, tfm_act_kind kind, float p,

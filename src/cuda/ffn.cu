@@ -374,7 +374,7 @@ __global__ void relu_grad_kernel(float *g, const __nv_bfloat16 *act, size_t n) {
  * not run it, having then written nothing but parts of act's memory, which
  * the composition overwrites. */
 static int fused_forward(float *out, float *hidden, float *act, const float *in, const float *w1, const float *b1,
-                         const float *w2, const float *b2, int N, int D, int F) {
+                         const float *w2, const float *b2, int N, int D, int F, int in_filled) {
     ffn_layout L = layout_of(hidden, act, N, F);
     float *vec = vec_reserve(F);
     tfm_cuda_mat in16 = {CUDA_R_16BF, L.in16, D, 16}, act16 = {CUDA_R_16BF, L.act16, F, 16};
@@ -402,7 +402,7 @@ static int fused_forward(float *out, float *hidden, float *act, const float *in,
     else if (b1 && e1.vec == vec)
         TFM_CUDA_CHECK(cudaMemcpyAsync(vec, b1, (size_t)F * sizeof(float), cudaMemcpyDeviceToDevice,
                                        tfm_cuda_stream()));
-    tfm_cuda_to_bf16(L.in16, D, in, N, D, D);
+    if (!in_filled) tfm_cuda_to_bf16(L.in16, D, in, N, D, D); /* else its producer wrote it (ffn_in_keep) */
     if (!tfm_cuda_bf16_operand(1, w1, F, D, D, &w1_16)) return 0;
     if (!tfm_cuda_lt_matmul(0, 1, N, F, D, 1.0f, &in16, &w1_16, 0.0f, &act16, &e1, 1)) return 0;
     (void)mask_order(&L, N, F);
@@ -415,12 +415,18 @@ static int fused_forward(float *out, float *hidden, float *act, const float *in,
     return 1;
 }
 
+/* backend.h's ffn_in_keep: in16 of the fused path's layout, rows of D bf16
+ * (D % 8 == 0 there: a linear keep's layout), where that path may run. */
+void *tfm_cuda_ffn_in_keep(float *hidden, float *act, int N, int D, int F, tfm_act_kind kind, float p) {
+    return fused_possible(hidden, act, N, D, F, kind, p) ? (void *)layout_of(hidden, act, N, F).in16 : NULL;
+}
+
 /* See backend.h (ffn_forward) and the top of this file. */
 void tfm_cuda_ffn_forward(float *out, float *hidden, float *act, const float *in, const float *w1, const float *b1,
                           const float *w2, const float *b2, int N, int D, int F, tfm_act_kind kind, float p,
-                          uint64_t seed, uint64_t stream) {
+                          uint64_t seed, uint64_t stream, int in_filled) {
     int fused = fused_possible(hidden, act, N, D, F, kind, p) &&
-                fused_forward(out, hidden, act, in, w1, b1, w2, b2, N, D, F);
+                fused_forward(out, hidden, act, in, w1, b1, w2, b2, N, D, F, in_filled);
     note_set(act, N, D, F, fused);
     if (fused) return;
     tfm_cuda_linear_forward(hidden, in, w1, b1, N, D, F);

@@ -408,7 +408,7 @@ static int xent_fused_smem_optin(void) {
 
 int tfm_cuda_xent_fused_fits(int ld) {
     size_t bytes = (size_t)ld * sizeof(__nv_bfloat16);
-    return ld > 0 && ld % 8 == 0 && bytes <= XENT_FUSED_SMEM && (int)bytes <= xent_fused_smem_optin();
+    return ld > 0 && ld % 8 == 0 && bytes <= XENT_FUSED_SMEM && (int)bytes + 1024 <= xent_fused_smem_optin();
 }
 
 __global__ void __launch_bounds__(XENT_FUSED_THREADS, 3) xent_fused_bf16_kernel(__nv_bfloat16 *logits, int ld,
@@ -495,7 +495,8 @@ void tfm_cuda_xent_fused_bf16(__nv_bfloat16 *logits, int ld, float *lse, const i
     size_t smem = (size_t)ld * sizeof(__nv_bfloat16);
     static int allowed = 48 * 1024; /* the kernel's dynamic shared memory limit, raised once */
     if ((int)smem > allowed) {
-        int most = xent_fused_smem_optin() < XENT_FUSED_SMEM ? xent_fused_smem_optin() : XENT_FUSED_SMEM;
+        int room = xent_fused_smem_optin() - 1024; /* the optin limit counts the static shared memory too */
+        int most = room < XENT_FUSED_SMEM ? room : XENT_FUSED_SMEM;
         TFM_CUDA_CHECK(cudaFuncSetAttribute(xent_fused_bf16_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, most));
         allowed = most;
     }

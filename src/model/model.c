@@ -508,11 +508,19 @@ static void cross_attn_forward(const tfm_model *m, tfm_workspace *ws, const stac
 }
 
 static void ffn_forward(const tfm_model *m, tfm_workspace *ws, const stack_ctx *c, int layer,
-                        const tfm_layer_weights *w, tfm_layer_acts *a, const float *x) {
+                        const tfm_layer_weights *w, tfm_layer_acts *a, const float *x, int x_filled) {
     int D = m->cfg.d_model, F = m->cfg.d_ff;
     m->be->ffn_forward(ws->proj, a->ffn_h, a->ffn_a, x, w->ffn_w1, w->ffn_b1, w->ffn_w2, w->ffn_b2, c->N, D, F,
                        (tfm_act_kind)m->cfg.activation, drop_p(c, m->cfg.act_dropout), c->seed,
-                       stream_id(c, layer, SITE_FFN_ACT));
+                       stream_id(c, layer, SITE_FFN_ACT), x_filled);
+}
+
+/* The keep of the FFN's input inside its saved state (backend.h:
+ * ffn_in_keep), in training forwards; NULL otherwise. */
+static void *ffn_keep(const tfm_model *m, const stack_ctx *c, tfm_layer_acts *a) {
+    if (!c->training) return NULL;
+    return m->be->ffn_in_keep(a->ffn_h, a->ffn_a, c->N, m->cfg.d_model, m->cfg.d_ff,
+                              (tfm_act_kind)m->cfg.activation, drop_p(c, m->cfg.act_dropout));
 }
 
 typedef enum { BLOCK_SELF, BLOCK_CROSS, BLOCK_FFN } block_kind;
@@ -543,7 +551,7 @@ static const float *block_forward(const tfm_model *m, tfm_workspace *ws, const s
         cross_attn_forward(m, ws, c, layer, &w->cross_attn, a, in, x_filled);
         site = SITE_CROSS_RES;
     } else {
-        ffn_forward(m, ws, c, layer, w, a, in);
+        ffn_forward(m, ws, c, layer, w, a, in, x_filled);
         site = SITE_FFN_RES;
     }
     float p = drop_p(c, m->cfg.dropout);
@@ -573,8 +581,8 @@ static void embed_forward(const tfm_model *m, const stack_ctx *c, float *out, co
  * stack's output next (the decoder's shared keep of the encoder output) or
  * NULL; returns whether the last LayerNorm filled it. Each block's
  * LayerNorm (post-LN) fills the keep of the linear that reads its output
- * next, where that is a kept linear: the next layer's q|k|v, the
- * cross-attention queries (the FFN keeps its own copy). */
+ * next: the next layer's q|k|v, the cross-attention queries, the FFN's
+ * input copy (ffn_in_keep). */
 static int stack_forward(const tfm_model *m, tfm_workspace *ws, const stack_ctx *c,
                          tfm_stack_acts *s, const tfm_layer_weights *layers, int n_layers,
                          const tfm_norm_weights *final_norm, const int32_t *ids,
@@ -584,9 +592,10 @@ static int stack_forward(const tfm_model *m, tfm_workspace *ws, const stack_ctx 
     int filled = 0; /* x's copy is in the keep of the linear that reads it */
     for (int l = 0; l < n_layers; l++) {
         tfm_layer_acts *a = &s->layers[l];
-        void *next = c->memory ? kept(c, a->keep_cq) : NULL;
+        void *next = c->memory ? kept(c, a->keep_cq) : ffn_keep(m, c, a);
         x = block_forward(m, ws, c, l, &layers[l], a, BLOCK_SELF, x, filled, next, &filled);
-        if (c->memory) x = block_forward(m, ws, c, l, &layers[l], a, BLOCK_CROSS, x, filled, NULL, &filled);
+        if (c->memory)
+            x = block_forward(m, ws, c, l, &layers[l], a, BLOCK_CROSS, x, filled, ffn_keep(m, c, a), &filled);
         next = l + 1 < n_layers ? kept(c, s->layers[l + 1].keep_qkv) : out_keep;
         x = block_forward(m, ws, c, l, &layers[l], a, BLOCK_FFN, x, filled, next, &filled);
     }
