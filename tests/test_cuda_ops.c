@@ -1163,6 +1163,9 @@ static void test_attention(const attn_case *ac) {
  * the same bits (no atomics). Back to fp32 mode after. */
 #define TOL_ATTN_BF16 1e-2
 
+/* Tiled attention forwards that filled their output keep. */
+static int g_attn_keeps_filled;
+
 static void test_attention_tiled(const attn_case *ac, int bf16) {
     tfm_attn_dims d;
     memset(&d, 0, sizeof d);
@@ -1206,12 +1209,35 @@ static void test_attention_tiled(const attn_case *ac, int bf16) {
     /* Twice: the second run's bits must equal the first's. */
     float *got[2][5];
     CHECK(G->set_matmul_precision(bf16 ? TFM_MATMUL_BF16 : TFM_MATMUL_FP32), "precision refused");
+    /* The second run with an output keep (ops.h: out_keep): where the
+     * forward says it filled it, it holds out rounded to bf16, bit for bit. */
+    size_t nkeep = (size_t)d.B * d.Tq * d.H * d.dv;
+    void *d_keep = G->alloc(nkeep * sizeof(uint16_t));
+    int filled = 0;
     for (int run = 0; run < 2; run++) {
-        G->attention_tiled_forward(d_out, d_lse, d_scr, ns, d_q, d_k, d_v, &dg);
+        dg.out_keep = run ? d_keep : NULL;
+        filled = G->attention_tiled_forward(d_out, d_lse, d_scr, ns, d_q, d_k, d_v, &dg);
+        dg.out_keep = NULL;
+        CHECK(!(run == 0 && filled), "tiled: a forward without a keep said it filled one");
         G->attention_tiled_backward(d_dq, d_dk, d_dv, d_scr, ns, d_dout, d_out, d_lse, d_q, d_k, d_v, &dg);
         got[run][0] = dget(d_out, no), got[run][1] = dget(d_lse, nl), got[run][2] = dget(d_dq, nq);
         got[run][3] = dget(d_dk, nk), got[run][4] = dget(d_dv, nv);
     }
+    if (filled) {
+        uint16_t *bits = xmalloc(nkeep * sizeof *bits);
+        G->download(bits, d_keep, nkeep * sizeof *bits);
+        float *keep = xmalloc(nkeep * sizeof *keep), *want = hround(got[0][0], no);
+        for (size_t i = 0; i < nkeep; i++) {
+            uint32_t u = (uint32_t)bits[i] << 16;
+            memcpy(&keep[i], &u, sizeof u);
+        }
+        char kname[160];
+        snprintf(kname, sizeof kname, "tiled bf16 %s out keep = bf16(out)", ac->name);
+        tfm_test_close(kname, keep, want, nkeep, 0.0);
+        g_attn_keeps_filled++;
+        free(bits), free(keep), free(want);
+    }
+    G->free(d_keep);
     CHECK(G->set_matmul_precision(TFM_MATMUL_FP32), "fp32 mode refused");
     const size_t sizes[5] = {no, nl, nq, nk, nv};
     int same = 1;
@@ -2059,6 +2085,8 @@ int main(void) {
         for (size_t i = 0; i < sizeof tiled_cases / sizeof tiled_cases[0]; i++)
             test_attention_tiled(&tiled_cases[i], bf16);
     }
+    printf("tiled attention: %d forwards filled their output keep\n", g_attn_keeps_filled);
+    CHECK(g_attn_keeps_filled > 0, "no tiled forward filled its output keep (the dense bf16 cases should)");
     test_xent(0.0f);
     test_xent(0.1f);
     for (int acc = 0; acc < 2; acc++) {

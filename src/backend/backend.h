@@ -213,8 +213,9 @@ typedef struct tfm_backend {
      * also takes them, whatever this says, where probabilities would not fit). */
     size_t (*attention_tiled_scratch)(const tfm_attn_dims *d);
     int (*attention_tiled_preferred)(const tfm_attn_dims *d);
-    void (*attention_tiled_forward)(float *out, float *lse, float *scratch, size_t scratch_len, const float *q,
-                                    const float *k, const float *v, const tfm_attn_dims *d);
+    /* Returns 1 when it also filled d->out_keep (ops.h), 0 otherwise (the CPU: always). */
+    int (*attention_tiled_forward)(float *out, float *lse, float *scratch, size_t scratch_len, const float *q,
+                                   const float *k, const float *v, const tfm_attn_dims *d);
     void (*attention_tiled_backward)(float *dq, float *dk, float *dv, float *scratch, size_t scratch_len,
                                      const float *dout, const float *out, const float *lse, const float *q,
                                      const float *k, const float *v, const tfm_attn_dims *d);

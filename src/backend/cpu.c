@@ -47,6 +47,11 @@ static void cpu_ffn_backward(float *din, float *dw1, float *db1, float *dw2, flo
     tfm_activation_dropout_backward(dact, dact, hidden, (size_t)N * F, kind, p, seed, stream);
     tfm_linear_backward(din, dw1, db1, dact, in, w1, N, D, F, accumulate);
 }
+static int cpu_attention_tiled_forward(float *out, float *lse, float *scratch, size_t scratch_len, const float *q,
+                                       const float *k, const float *v, const tfm_attn_dims *d) {
+    tfm_attention_tiled_forward(out, lse, scratch, scratch_len, q, k, v, d);
+    return 0; /* nothing kept */
+}
 static void *cpu_ffn_in_keep(float *hidden, float *act, int N, int D, int F, tfm_act_kind kind, float p) {
     return NULL; /* nothing kept */
 }
@@ -190,7 +195,7 @@ static const tfm_backend cpu_backend = {
     .attention_backward = tfm_attention_backward,
     .attention_tiled_scratch = tfm_attention_tiled_scratch,
     .attention_tiled_preferred = cpu_attention_tiled_preferred,
-    .attention_tiled_forward = tfm_attention_tiled_forward,
+    .attention_tiled_forward = cpu_attention_tiled_forward,
     .attention_tiled_backward = tfm_attention_tiled_backward,
     .xent_forward = tfm_xent_forward,
     .xent_forward_acc = cpu_xent_forward_acc,

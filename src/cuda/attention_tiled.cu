@@ -86,6 +86,8 @@
  */
 #include "cuda/cuda_internal.cuh"
 
+#include <string.h>
+
 #include <cuda_bf16.h>
 
 namespace {
@@ -101,6 +103,7 @@ struct targs {
     long key_pad_stride;
     float scale, p, dscale; /* dscale = 1 / (1 - p) as the CPU rounds it */
     uint64_t key;           /* tfm_cuda_rng_key(seed, stream) */
+    __nv_bfloat16 *out16;   /* NULL, or out's bf16 copy (a linear's keep: out's indexing, bf16) */
 };
 
 targs make_targs(const tfm_attn_dims *d) {
@@ -114,6 +117,7 @@ targs make_targs(const tfm_attn_dims *d) {
     a.p = d->dropout;
     a.dscale = d->dropout > 0 ? (float)(1.0 / (1.0 - d->dropout)) : 1.0f;
     a.key = tfm_cuda_rng_key(d->seed, d->stream);
+    a.out16 = NULL;
     if (d->dropout > 0) tfm_cuda_capture_refuse("attention dropout (its key is an argument)");
     return a;
 }
@@ -718,6 +722,21 @@ __device__ __forceinline__ void store2(float *p, int c, int ncols, float x0, flo
     }
 }
 
+/* The bf16 copy of one output row's head (out16 row: the fp32 row's offset
+ * from out), as the fp32 stores write it: pairs (n * 8 + 2t, + 1) of o[n][j],
+ * o[n][j + 1] times inv, rounded to bf16 (to nearest even, as to_bf16).
+ * ncols: the head's dv. */
+template <int ND>
+__device__ __forceinline__ void store2_bf16(__nv_bfloat16 *row16, int ncols, const float (&o)[ND][4], int j,
+                                            float inv, int t) {
+#pragma unroll
+    for (int n = 0; n < ND; n++) {
+        int c = n * 8 + 2 * t;
+        if (c < ncols) *reinterpret_cast<unsigned *>(row16 + c) = tfm_cuda_bf16x2(o[n][j] * inv, o[n][j + 1] * inv);
+    }
+}
+__device__ __forceinline__ int n_cols_of(const targs &a) { return a.dv; }
+
 /* Forward. Block: (b, h, queries q0 .. q0 + T - 1), T = 16 NW; warp w owns
  * queries 16w .. 16w + 15 of the tile, and the thread rows g and g + 8 of
  * those (g = lane / 4). Shared memory: the K, V and Q slots (slot_bytes:
@@ -840,12 +859,14 @@ __global__ void TILED_BOUNDS(NW, D, TILED_FWD_MIN_BLOCKS)
         float *row = O + (long)i_lo * a.o_row;
 #pragma unroll
         for (int n = 0; n < ND; n++) store2<VEC>(row, n * 8 + 2 * t, a.dv, o[n][0] * inv_lo, o[n][1] * inv_lo, false);
+        if (VEC && a.out16) store2_bf16(a.out16 + (row - out), n_cols_of(a), o, 0, inv_lo, t);
         if (t == 0) lse[bh * a.Tq + i_lo] = l[0] > 0.0f ? m[0] + logf(l[0]) : -INFINITY;
     }
     if (i_hi < a.Tq) {
         float *row = O + (long)i_hi * a.o_row;
 #pragma unroll
         for (int n = 0; n < ND; n++) store2<VEC>(row, n * 8 + 2 * t, a.dv, o[n][2] * inv_hi, o[n][3] * inv_hi, false);
+        if (VEC && a.out16) store2_bf16(a.out16 + (row - out), n_cols_of(a), o, 2, inv_hi, t);
         if (t == 0) lse[bh * a.Tq + i_hi] = l[1] > 0.0f ? m[1] + logf(l[1]) : -INFINITY;
     }
 }
@@ -1124,19 +1145,28 @@ void launch_bwd_bf16(bool vec, unsigned blocks, float *dq, float *dk, float *dv,
     TFM_CUDA_LAUNCHED();
 }
 
-void forward_bf16(float *out, float *lse, const float *q, const float *k, const float *v, const tfm_attn_dims *d,
-                  int D) {
+/* Returns whether it filled d->out_keep: with float2 stores (vec), out's rows
+ * contiguous ([B*Tq, H*dv], the keep's rows of bf16_ld(H*dv) = H*dv bf16 when
+ * H*dv % 8 == 0), and a keep gemm.cu would use (tfm_cuda_keep_writable). */
+int forward_bf16(float *out, float *lse, const float *q, const float *k, const float *v, const tfm_attn_dims *d,
+                 int D) {
     int NW = bf16_warps(d, D), T = 16 * NW;
     long nqt = (d->Tq + T - 1) / T, blocks = (long)d->B * d->H * nqt;
     TFM_CUDA_ASSERT(blocks <= 0x7fffffffL);
     bool vec = vec_ok(d) && aligned16(q) && aligned16(k) && aligned16(v) && aligned16(out);
     targs a = make_targs(d);
+    long width = (long)d->H * d->dv;
+    const char *off = getenv("TFM_ATTN_KEEP"); /* "0": never fill (A/B timing) */
+    if (vec && tfm_cuda_keep_writable(d->out_keep) && d->o_row == width && d->o_batch == d->Tq * width &&
+        width % 8 == 0 && !(off && !strcmp(off, "0")))
+        a.out16 = (__nv_bfloat16 *)d->out_keep;
     unsigned nb = (unsigned)blocks;
     if (D == 32 && NW == 2) launch_fwd_bf16<32, 2>(vec, nb, out, lse, q, k, v, a, (int)nqt);
     else if (D == 32) launch_fwd_bf16<32, 4>(vec, nb, out, lse, q, k, v, a, (int)nqt);
     else if (D == 64 && NW == 2) launch_fwd_bf16<64, 2>(vec, nb, out, lse, q, k, v, a, (int)nqt);
     else if (D == 64) launch_fwd_bf16<64, 4>(vec, nb, out, lse, q, k, v, a, (int)nqt);
     else launch_fwd_bf16<128, 2>(vec, nb, out, lse, q, k, v, a, (int)nqt);
+    return a.out16 != NULL;
 }
 
 void backward_bf16(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
@@ -1257,13 +1287,14 @@ int tfm_cuda_attention_tiled_preferred(const tfm_attn_dims *d) {
 
 /* out [B, Tq, H*dv] (strided as d), lse [B, H, Tq]; scratch unused.
  * Device pointers, key_pad included. */
-void tfm_cuda_attention_tiled_forward(float *out, float *lse, float *scratch, size_t scratch_len, const float *q,
-                                      const float *k, const float *v, const tfm_attn_dims *d) {
+int tfm_cuda_attention_tiled_forward(float *out, float *lse, float *scratch, size_t scratch_len, const float *q,
+                                     const float *k, const float *v, const tfm_attn_dims *d) {
     (void)scratch, (void)scratch_len;
-    if (d->B <= 0 || d->H <= 0 || d->Tq <= 0) return;
+    if (d->B <= 0 || d->H <= 0 || d->Tq <= 0) return 0;
     int D = bf16_head(d);
-    if (D) forward_bf16(out, lse, q, k, v, d, D);
-    else forward_f32(out, lse, q, k, v, d);
+    if (D) return forward_bf16(out, lse, q, k, v, d, D);
+    forward_f32(out, lse, q, k, v, d);
+    return 0;
 }
 
 /* dq, dk, dv (=, strided as q, k, v) from dout, the forward's out and lse;

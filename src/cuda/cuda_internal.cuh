@@ -429,7 +429,7 @@ int tfm_cuda_attention_set_fused(int on);
  * CUDA cores otherwise). scratch: delta [B, H, Tq] for the fp32 backward. */
 size_t tfm_cuda_attention_tiled_scratch(const tfm_attn_dims *d);
 int tfm_cuda_attention_tiled_preferred(const tfm_attn_dims *d);
-void tfm_cuda_attention_tiled_forward(float *out, float *lse, float *scratch, size_t scratch_len, const float *q,
+int tfm_cuda_attention_tiled_forward(float *out, float *lse, float *scratch, size_t scratch_len, const float *q,
                                       const float *k, const float *v, const tfm_attn_dims *d);
 void tfm_cuda_attention_tiled_backward(float *dq, float *dk, float *dv, float *scratch, size_t scratch_len,
                                        const float *dout, const float *out, const float *lse, const float *q,

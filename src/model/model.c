@@ -481,10 +481,14 @@ static void self_attn_forward(const tfm_model *m, tfm_workspace *ws, const stack
         m->be->rope(a->qkv + H * m->dk, m->qkv_dim, c->pos, c->N, H, m->dk, m->cfg.rope_theta, 0);
     }
     tfm_attn_dims d = self_dims(m, c, layer);
+    d.out_keep = kept(c, a->keep_att); /* the tiled forward may write the output projection's input copy */
     const float *q = a->qkv, *k = a->qkv + H * m->dk, *v = a->qkv + 2 * H * m->dk;
-    if (ws->attn_tiled) m->be->attention_tiled_forward(a->att, a->lse, ws->dprobs, ws->attn_scratch_len, q, k, v, &d);
+    int att_filled = 0;
+    if (ws->attn_tiled)
+        att_filled = m->be->attention_tiled_forward(a->att, a->lse, ws->dprobs, ws->attn_scratch_len, q, k, v, &d);
     else m->be->attention_forward(a->att, a->probs, ws->dprobs, q, k, v, &d);
-    m->be->linear_forward_keep(ws->proj, a->att, w->out_w, w->out_b, c->N, H * m->dv, D, kept(c, a->keep_att), 0);
+    m->be->linear_forward_keep(ws->proj, a->att, w->out_w, w->out_b, c->N, H * m->dv, D, kept(c, a->keep_att),
+                               att_filled);
 }
 
 /* Cross-attention branch: queries from x, keys and values from the encoder
@@ -499,12 +503,14 @@ static void cross_attn_forward(const tfm_model *m, tfm_workspace *ws, const stac
     m->be->linear_forward_keep(a->ckv, c->memory, w->in_w + (size_t)qd * D, w->in_b + qd, c->B * c->S, D, kvd,
                                kept(c, a->keep_ckv), layer > 0 || c->memory_filled);
     tfm_attn_dims d = cross_dims(m, c, layer);
+    d.out_keep = kept(c, a->keep_catt);
+    int att_filled = 0;
     if (ws->attn_tiled)
-        m->be->attention_tiled_forward(a->catt, a->clse, ws->dprobs, ws->attn_scratch_len, a->cq, a->ckv,
-                                       a->ckv + qd, &d);
+        att_filled = m->be->attention_tiled_forward(a->catt, a->clse, ws->dprobs, ws->attn_scratch_len, a->cq,
+                                                    a->ckv, a->ckv + qd, &d);
     else m->be->attention_forward(a->catt, a->cprobs, ws->dprobs, a->cq, a->ckv, a->ckv + qd, &d);
     m->be->linear_forward_keep(ws->proj, a->catt, w->out_w, w->out_b, c->N, H * m->dv, D, kept(c, a->keep_catt),
-                               0);
+                               att_filled);
 }
 
 static void ffn_forward(const tfm_model *m, tfm_workspace *ws, const stack_ctx *c, int layer,

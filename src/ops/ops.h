@@ -33,6 +33,11 @@ typedef struct tfm_attn_dims {
     double scale;             /* usually 1/sqrt(dk) */
     float dropout;            /* on the probabilities */
     uint64_t seed, stream;    /* dropout randomness (core/rng.h) */
+    /* NULL, or the keep of the linear that reads the output next
+     * (backend.h: linear_keep_bytes(B*Tq, H*dv, n_out) bytes): a backend's
+     * tiled forward may also write into it the form of out that
+     * linear_forward_keep would (CUDA's bf16 kernels) and says so. */
+    void *out_keep;
 } tfm_attn_dims;
 
 /* Elements of scratch the tiled attention ops need for d's sizes (B, H, Tq,
