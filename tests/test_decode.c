@@ -8,7 +8,10 @@
  *  - the logits of every cached step match the full forward's (rel 1e-4);
  *  - decoder-only generation from left-padded prompts of different lengths
  *    equals generating from each prompt alone, uncached;
- *  - reordering the cache rows (beam search) permutes the next logits.
+ *  - reordering the cache rows (beam search) permutes the next logits;
+ *  - with every GEMM on the own AVX-512 kernel, the decoder's packed weights
+ *    (tfm_gemm_packs) give bit-identical logits to a decoder without them
+ *    (TFM_GEMM_PACKED=0), across runs and a reorder, and are hit.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -16,6 +19,7 @@
 
 #include "core/rng.h"
 #include "infer/decode.h"
+#include "ops/sgemm_avx512.h"
 #include "test_util.h"
 
 static tfm_config small_config(int enc, int dec, tfm_norm_placement norm, tfm_positions pos) {
@@ -179,6 +183,56 @@ static void check_reorder(void) {
     tfm_model_free(&m);
 }
 
+static void check_packed_weights(void) {
+    if (!tfm_sgemm_avx512_available()) {
+        printf("packed weights: no AVX-512 kernel, skipped\n");
+        return;
+    }
+    tfm_config cfg = small_config(2, 2, TFM_NORM_PRE, TFM_POS_SINUSOIDAL);
+    cfg.d_model = 64;
+    cfg.d_ff = 96;
+    tfm_model m;
+    CHECK(tfm_model_init(&m, &cfg, 14) == TFM_OK, "%s", tfm_last_error());
+    spread_weights(&m);
+    int saved = tfm_gemm_impl_set(TFM_GEMM_IMPL_OWN);
+    enum { B = 5, S = 9, T = 6 };
+    int32_t src[B * S];
+    tfm_rng r;
+    tfm_rng_init(&r, 6, 0);
+    tfm_decoder a, b;
+    CHECK(tfm_decoder_init(&a, &m, B, S, T) == TFM_OK, "%s", tfm_last_error());
+    setenv("TFM_GEMM_PACKED", "0", 1);
+    CHECK(tfm_decoder_init(&b, &m, B, S, T) == TFM_OK, "%s", tfm_last_error());
+    unsetenv("TFM_GEMM_PACKED");
+    CHECK(a.packs != NULL && b.packs == NULL, "packed weights: expected a cache in a only");
+    int identical = 1;
+    for (int run = 0; run < 2; run++) { /* the second run reuses the copies */
+        random_src(src, B, S, cfg.src_vocab, &r);
+        CHECK(tfm_decoder_start(&a, src, B, S) == TFM_OK && tfm_decoder_start(&b, src, B, S) == TFM_OK, "start");
+        int32_t tok[B];
+        for (int i = 0; i < B; i++) tok[i] = cfg.bos_id;
+        for (int t = 0; t < T; t++) {
+            CHECK(tfm_decoder_step(&a, tok) == TFM_OK && tfm_decoder_step(&b, tok) == TFM_OK, "step");
+            identical &= !memcmp(a.logits, b.logits, sizeof(float) * B * cfg.tgt_vocab);
+            for (int i = 0; i < B; i++) tok[i] = 3 + (t * 7 + i * 5 + run) % (cfg.tgt_vocab - 3);
+            if (t == 2) {
+                int perm[B] = {4, 0, 0, 2, 1};
+                CHECK(tfm_decoder_reorder(&a, perm, B) == TFM_OK && tfm_decoder_reorder(&b, perm, B) == TFM_OK,
+                      "reorder");
+            }
+        }
+    }
+    CHECK(identical, "packed weights: logits differ from the unpacked decoder's");
+    long hits, misses;
+    tfm_gemm_packs_stats(a.packs, &hits, &misses, NULL, NULL);
+    CHECK(misses > 0 && hits > 5 * misses, "packed weights: %ld hits, %ld misses", hits, misses);
+    printf("packed weights: %ld hits, %ld misses, logits identical\n", hits, misses);
+    tfm_gemm_impl_set(saved);
+    tfm_decoder_free(&a);
+    tfm_decoder_free(&b);
+    tfm_model_free(&m);
+}
+
 int main(void) {
     check_translation("post-LN sinusoidal", small_config(2, 2, TFM_NORM_POST, TFM_POS_SINUSOIDAL));
     check_translation("pre-LN learned", small_config(2, 3, TFM_NORM_PRE, TFM_POS_LEARNED));
@@ -188,5 +242,6 @@ int main(void) {
     check_generation("decoder-only rope", small_config(0, 3, TFM_NORM_PRE, TFM_POS_ROPE));
     check_generation("decoder-only learned", small_config(0, 2, TFM_NORM_POST, TFM_POS_LEARNED));
     check_reorder();
+    check_packed_weights();
     return tfm_test_finish();
 }

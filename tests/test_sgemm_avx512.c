@@ -32,7 +32,20 @@
  *   - K == 0 and alpha == 0 (C = beta C; beta 0 writes zeros over NaN);
  *   - calls from inside a parallel region (as attention makes them), one
  *     product per thread;
- *   - tfm_gemm with TFM_GEMM_IMPL_OWN against TFM_GEMM_IMPL_BLAS.
+ *   - tfm_gemm with TFM_GEMM_IMPL_OWN against TFM_GEMM_IMPL_BLAS;
+ *   - the pre-packed op(B) (tfm_sgemm_avx512_pack_b + _packed): M in {1, 4,
+ *     13, 64, 256}, odd N and K that cross the KC and NC blocks, both
+ *     transposes of A and B, the alpha / beta cases, padded leading
+ *     dimensions, at 1, 2 and 3 threads (every way of sharing the work):
+ *     within the bound of the reference and bit-identical to the unpacked
+ *     kernel (the same kernel calls in the same order); the packed copy sits
+ *     against a guard page;
+ *   - the packed-weight cache of tfm_gemm (tfm_gemm_packs_*): nothing happens
+ *     without a current cache; a miss packs, a repeat hits, a different
+ *     pointer, N or ldb misses, a matrix outside (or reaching past) the range
+ *     is not cached; results bit-identical to the unpacked kernel; use
+ *     returns the previous cache; free releases the copies (the sanitizer
+ *     build checks for leaks); TFM_GEMM_PACKED=0 gives no cache.
  */
 #define _DEFAULT_SOURCE 1 /* MAP_ANONYMOUS */
 #include <math.h>
@@ -287,6 +300,141 @@ static void dispatch_case(void) {
     free(A), free(B), free(C1), free(C2), free(C0);
 }
 
+/* One product through the pre-packed op(B) and through the unpacked kernel,
+ * from the same C0: bit-identical, and within the bound of the reference. */
+static int run_packed_case(int ta, int tb, int M, int N, int K, float alpha, float beta, int pad, int guard_after) {
+    int a_rows = ta ? K : M, a_cols = ta ? M : K, b_rows = tb ? N : K, b_cols = tb ? K : N;
+    int lda = a_cols + pad, ldb = b_cols + pad, ldc = N + pad;
+    size_t na = (size_t)(a_rows - 1) * lda + a_cols, nbe = (size_t)(b_rows - 1) * ldb + b_cols,
+           nc = (size_t)(M - 1) * ldc + N, np = tfm_sgemm_avx512_packed_floats(K, N);
+    /* the packed copy ends at a page boundary: a multiple of 32 floats, so
+     * it stays 64-byte aligned */
+    guarded ga = guarded_alloc(na, guard_after), gb = guarded_alloc(nbe, guard_after), gp = guarded_alloc(np, 1);
+    float *A = ga.p, *B = gb.p, *P = gp.p, *C = malloc(nc * sizeof *C), *C0 = malloc(nc * sizeof *C0),
+          *C1 = malloc(nc * sizeof *C1);
+    CHECK(((uintptr_t)P & 63) == 0, "packed copy not 64-byte aligned");
+    for (size_t e = 0; e < na; e++) A[e] = (long)(e % lda) < a_cols ? rnd() : NAN;
+    for (size_t e = 0; e < nbe; e++) B[e] = (long)(e % ldb) < b_cols ? rnd() : NAN;
+    for (size_t e = 0; e < nc; e++) C0[e] = (long)(e % ldc) < N ? (beta == 0 ? NAN : rnd()) : SENTINEL;
+    for (size_t e = 0; e < np; e++) P[e] = NAN;
+    tfm_sgemm_avx512_pack_b(tb, K, N, B, ldb, P);
+    memcpy(C, C0, nc * sizeof *C);
+    memcpy(C1, C0, nc * sizeof *C);
+    tfm_sgemm_avx512_packed(ta, M, N, K, alpha, A, lda, P, beta, C, ldc);
+    tfm_sgemm_avx512(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C1, ldc);
+    int same = memcmp(C, C1, nc * sizeof *C) == 0;
+    CHECK(same, "packed %c%c M=%d N=%d K=%d alpha=%g beta=%g: not bit-identical to the unpacked kernel",
+          ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, alpha, beta);
+    int ok = check("packed", ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C0, C, ldc) && same;
+    free(C), free(C0), free(C1);
+    guarded_free(&ga), guarded_free(&gb), guarded_free(&gp);
+    return ok;
+}
+
+static void packed_cases(void) {
+    static const int Ms[] = {1, 4, 13, 64, 256};
+    static const int NKs[][2] = {{1, 1}, {33, 17}, {95, 257}, {531, 300}, {1100, 517}, {45, 1300}, {2000, 130}};
+    static const float ab[4][2] = {{1, 0}, {1, 1}, {-0.5f, 0.25f}, {2, -1}};
+    int max_t = 3;
+#ifdef _OPENMP
+    int saved = omp_get_max_threads();
+#endif
+    long n = 0;
+    int failures = 0;
+    for (int t = 1; t <= max_t; t++) {
+        set_threads(t);
+        for (size_t im = 0; im < sizeof Ms / sizeof *Ms; im++)
+            for (size_t is = 0; is < sizeof NKs / sizeof *NKs; is++)
+                for (int tr = 0; tr < 4; tr++, n++) {
+                    const float *c = ab[n % 4];
+                    int M = Ms[im], N = NKs[is][0], K = NKs[is][1];
+                    if ((double)M * N * K > 4e7 && tr != 1) continue; /* the reference's time: NT, the linear */
+                    if (!run_packed_case(tr >> 1, tr & 1, M, N, K, c[0], c[1], (int)(n % 3), (int)(n & 1)) &&
+                        ++failures >= 10) {
+                        fprintf(stderr, "packed cases: stopping after 10 failures\n");
+                        goto out;
+                    }
+                }
+    }
+out:
+#ifdef _OPENMP
+    set_threads(saved);
+#endif
+    printf("packed cases at 1..%d threads done\n", max_t);
+}
+
+/* tfm_gemm's packed-weight cache. */
+static void cache_cases(void) {
+    enum { M = 40, N = 70, K = 300, NW = 4 * N * K };
+    float *W = malloc(sizeof(float) * NW), *A = malloc(sizeof(float) * M * K), *C = malloc(sizeof(float) * M * N),
+          *C1 = malloc(sizeof(float) * M * N), *Out = malloc(sizeof(float) * N * K);
+    for (int i = 0; i < NW; i++) W[i] = rnd();
+    for (int i = 0; i < M * K; i++) A[i] = rnd();
+    for (int i = 0; i < N * K; i++) Out[i] = rnd();
+    int saved = tfm_gemm_impl_set(TFM_GEMM_IMPL_OWN);
+    long hits, misses, copies;
+    size_t bytes, one = tfm_sgemm_avx512_packed_floats(K, N) * sizeof(float);
+#define STATS(h, m, c)                                                                                               \
+    do {                                                                                                             \
+        tfm_gemm_packs_stats(p, &hits, &misses, &copies, &bytes);                                                    \
+        CHECK(hits == (h) && misses == (m) && copies == (c), "cache line %d: hits %ld misses %ld copies %ld, "        \
+              "expected %d %d %d", __LINE__, hits, misses, copies, (h), (m), (c));                                  \
+    } while (0)
+/* tfm_gemm(trans_b, B, ldb) against the unpacked kernel, bit for bit (N x K or K x N per trans_b) */
+#define SAME(tb, Bp, ldb_)                                                                                           \
+    do {                                                                                                             \
+        tfm_gemm(0, tb, M, N, K, 1, A, K, Bp, ldb_, 0, C, N);                                                         \
+        tfm_sgemm_avx512(0, tb, M, N, K, 1, A, K, Bp, ldb_, 0, C1, N);                                                \
+        CHECK(!memcmp(C, C1, sizeof(float) * M * N), "cache line %d: tfm_gemm differs from the unpacked kernel",   \
+              __LINE__);                                                                                             \
+    } while (0)
+    tfm_gemm_packs *p = tfm_gemm_packs_new(W, NW);
+    CHECK(p != NULL, "tfm_gemm_packs_new gave NULL on an AVX-512 CPU");
+    if (!p) goto done;
+    SAME(1, W, K); /* not current: not consulted */
+    STATS(0, 0, 0);
+    CHECK(tfm_gemm_packs_use(p) == NULL, "use must return the previous cache (none)");
+    SAME(1, W, K); /* miss: packs */
+    STATS(0, 1, 1);
+    SAME(1, W, K); /* hit */
+    SAME(1, W, K);
+    STATS(2, 1, 1);
+    SAME(1, W + N * K, K); /* another pointer in the range */
+    STATS(2, 2, 2);
+    SAME(0, W, N); /* the same pointer as op(B) = B: another key */
+    STATS(2, 3, 3);
+    SAME(1, W, K + 1); /* another ldb (the rows overlap: still inside the range) */
+    STATS(2, 4, 4);
+    SAME(1, Out, K); /* outside the range */
+    SAME(1, W + NW - N * K + 1, K); /* reaches one float past the end of the range */
+    STATS(2, 4, 4);
+    SAME(1, W + NW - N * K, K); /* ends exactly at the end: inside */
+    STATS(2, 5, 5);
+    tfm_gemm(0, 1, 1, N, K, 1, A, K, W, K, 0, C, N); /* M == 1 stays on gemv (BLAS builds) */
+    tfm_gemm_packs_stats(p, &hits, &misses, &copies, &bytes);
+    CHECK(bytes == 5 * one, "cache bytes %zu, expected 5 copies of %zu", bytes, one); /* op(B) is K x N in all */
+    CHECK(tfm_gemm_packs_use(NULL) == p, "use must return the previous cache");
+    SAME(1, W, K); /* not current any more */
+    STATS(2, 5, 5);
+    tfm_gemm_packs_use(p);
+    tfm_gemm_packs_free(p); /* frees the copies and stops being current */
+    p = NULL;
+    CHECK(tfm_gemm_packs_use(NULL) == NULL, "a freed cache must not stay current");
+    SAME(1, W, K);
+    STATS(0, 0, 0);
+    setenv("TFM_GEMM_PACKED", "0", 1);
+    p = tfm_gemm_packs_new(W, NW);
+    CHECK(p == NULL, "TFM_GEMM_PACKED=0 must give no cache");
+    tfm_gemm_packs_free(p);
+    unsetenv("TFM_GEMM_PACKED");
+done:
+#undef STATS
+#undef SAME
+    tfm_gemm_impl_set(saved);
+    free(W), free(A), free(C), free(C1), free(Out);
+    printf("packed-weight cache done\n");
+}
+
 int main(void) {
     if (!tfm_sgemm_avx512_available()) tfm_test_skip("this CPU (or build) has no AVX-512: the kernel is not used");
     tfm_rng_init(&g_rng, 20261122, 0);
@@ -295,6 +443,8 @@ int main(void) {
     large_cases();
     nested_cases();
     dispatch_case();
+    packed_cases();
+    cache_cases();
     printf("worst error seen: %.1f u S (bound: (kc + 2 nb + 4) u S)\n", g_worst_ratio);
     return tfm_test_finish();
 }

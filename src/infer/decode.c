@@ -20,6 +20,7 @@
 #include "core/rng.h"
 #include "core/status.h"
 #include "backend/backend.h"
+#include "ops/sgemm_avx512.h"
 
 /* Carves the caches and scratch out of one allocation (count, then assign). */
 typedef struct carver {
@@ -113,10 +114,15 @@ tfm_status tfm_decoder_init(tfm_decoder *d, const tfm_model *m, int max_B, int m
     carver fill = {.base = d->mem};
     carve(&fill, d);
     if (be->host_memory) d->logits = d->dev_logits;
+    /* The CPU backend's linears reach tfm_gemm: pack the weights once for
+     * all steps (NULL without the own kernel; a device backend never calls
+     * tfm_gemm, and its parameters are not host memory). */
+    if (be->host_memory) d->packs = tfm_gemm_packs_new(m->params, m->layout.n_params);
     return TFM_OK;
 }
 
 void tfm_decoder_free(tfm_decoder *d) {
+    tfm_gemm_packs_free(d->packs);
     if (d->enc_ws.mem) tfm_workspace_free(&d->enc_ws);
     free(d->k_cache);
     free(d->v_cache);
@@ -139,7 +145,26 @@ void tfm_decoder_free(tfm_decoder *d) {
     memset(d, 0, sizeof *d);
 }
 
+static tfm_status decoder_start(tfm_decoder *d, const int32_t *src, int B, int S);
+static tfm_status decoder_step(tfm_decoder *d, const int32_t *tokens);
+
+/* start and step run with the decoder's packed weights current on this
+ * thread, and restore what was current before. */
 tfm_status tfm_decoder_start(tfm_decoder *d, const int32_t *src, int B, int S) {
+    tfm_gemm_packs *prev = tfm_gemm_packs_use(d->packs);
+    tfm_status st = decoder_start(d, src, B, S);
+    tfm_gemm_packs_use(prev);
+    return st;
+}
+
+tfm_status tfm_decoder_step(tfm_decoder *d, const int32_t *tokens) {
+    tfm_gemm_packs *prev = tfm_gemm_packs_use(d->packs);
+    tfm_status st = decoder_step(d, tokens);
+    tfm_gemm_packs_use(prev);
+    return st;
+}
+
+static tfm_status decoder_start(tfm_decoder *d, const int32_t *src, int B, int S) {
     const tfm_model *m = d->m;
     const tfm_config *cfg = &m->cfg;
     if (B <= 0 || B > d->max_B)
@@ -235,7 +260,7 @@ static void ffn_step(tfm_decoder *d, int l, const float *in) {
     m->be->linear_forward(d->proj, d->ffn, w->ffn_w2, w->ffn_b2, B, F, D);
 }
 
-tfm_status tfm_decoder_step(tfm_decoder *d, const int32_t *tokens) {
+static tfm_status decoder_step(tfm_decoder *d, const int32_t *tokens) {
     const tfm_model *m = d->m;
     const tfm_config *cfg = &m->cfg;
     int D = cfg->d_model, B = d->B;

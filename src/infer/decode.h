@@ -53,10 +53,17 @@ typedef struct tfm_decoder {
     int32_t *host_src_row;    /* [B] the encoded sentence whose cross K/V (and source mask) row r holds:
                                  a reorder that keeps every row's sentence (beam search
                                  shuffling hypotheses within a sentence) leaves those rows alone */
+    struct tfm_gemm_packs *packs; /* CPU: the weights packed once for the own GEMM kernel, made current
+                                 during tfm_decoder_start and _step (src/ops/sgemm_avx512.h); NULL elsewhere */
 } tfm_decoder;
 
 /* Sizes the caches for up to max_B rows, sources of max_S tokens (ignored for
- * decoder-only models) and max_T target positions (<= max_positions). */
+ * decoder-only models) and max_T target positions (<= max_positions).
+ * The model's weights must not change while the decoder exists: on the CPU
+ * (with the AVX-512 GEMM) the decoder keeps packed copies of the weight
+ * matrices its GEMMs use, made on first use and freed by tfm_decoder_free,
+ * about the size of the weights (a base model: ~240 MB). TFM_GEMM_PACKED=0
+ * turns the copies off. */
 tfm_status tfm_decoder_init(tfm_decoder *d, const tfm_model *m, int max_B, int max_S, int max_T);
 void tfm_decoder_free(tfm_decoder *d);
 

@@ -15,12 +15,20 @@
  * every one with M > 1 to the own kernel, =auto (the default) chooses per
  * shape. docs/performance.md has the figures. The double build (ops_f64.c)
  * always takes the BLAS or portable path.
+ *
+ * Decoding makes a cache of packed weights current (tfm_gemm_packs_*, in
+ * sgemm_avx512.h): the own kernel's products whose op(B) lies in the model's
+ * parameters then read a copy packed once instead of packing op(B) again on
+ * every call (bit-identical results).
  */
+#define _DEFAULT_SOURCE 1 /* madvise and MADV_HUGEPAGE (before any system header; ops_f64.c includes this file first) */
 #include "ops/ops.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "ops/sgemm_avx512.h"
 
@@ -89,6 +97,96 @@ int tfm_gemm_impl_set(int impl) {
     __atomic_store_n(&gemm_impl, impl, __ATOMIC_RELAXED);
     return old;
 }
+
+/* ------------------------------------------------------- packed weights */
+
+/* One packed op(B), keyed by what determines its content and layout. */
+typedef struct pack_entry {
+    const float *B;
+    int trans_b, K, N, ldb;
+    float *packed; /* NULL: allocation failed once; the product runs unpacked */
+} pack_entry;
+
+struct tfm_gemm_packs {
+    uintptr_t lo, hi;    /* the constant range, bytes [lo, hi) */
+    pack_entry *e;
+    int n, cap;
+    long hits, misses;
+    size_t bytes;
+};
+
+static _Thread_local tfm_gemm_packs *packs_current;
+
+tfm_gemm_packs *tfm_gemm_packs_new(const float *lo, size_t n) {
+    const char *env = getenv("TFM_GEMM_PACKED");
+    if (!tfm_sgemm_avx512_available() || (env && !strcmp(env, "0")) || !lo) return NULL;
+    tfm_gemm_packs *p = calloc(1, sizeof *p);
+    if (!p) return NULL;
+    p->lo = (uintptr_t)lo;
+    p->hi = (uintptr_t)(lo + n);
+    return p;
+}
+
+void tfm_gemm_packs_free(tfm_gemm_packs *p) {
+    if (!p) return;
+    for (int i = 0; i < p->n; i++) free(p->e[i].packed);
+    free(p->e);
+    if (packs_current == p) packs_current = NULL;
+    free(p);
+}
+
+tfm_gemm_packs *tfm_gemm_packs_use(tfm_gemm_packs *p) {
+    tfm_gemm_packs *old = packs_current;
+    packs_current = p;
+    return old;
+}
+
+void tfm_gemm_packs_stats(const tfm_gemm_packs *p, long *hits, long *misses, long *copies, size_t *bytes) {
+    if (hits) *hits = p ? p->hits : 0;
+    if (misses) *misses = p ? p->misses : 0;
+    if (copies) *copies = p ? p->n : 0;
+    if (bytes) *bytes = p ? p->bytes : 0;
+}
+
+/* The packed copy of op(B) from the calling thread's current cache, made on
+ * first use; NULL when there is no cache, op(B) is outside its range, or no
+ * memory for the copy. A linear search: a model has a few dozen weight
+ * matrices, and every product that gets here is over 2^20 multiply-adds. */
+static const float *packs_lookup(int trans_b, int K, int N, const float *B, int ldb) {
+    tfm_gemm_packs *p = packs_current;
+    if (!p) return NULL;
+    size_t rows = trans_b ? (size_t)N : (size_t)K, cols = trans_b ? (size_t)K : (size_t)N;
+    uintptr_t b0 = (uintptr_t)B, b1 = (uintptr_t)(B + (rows - 1) * (size_t)ldb + cols);
+    if (b0 < p->lo || b1 > p->hi) return NULL;
+    for (int i = 0; i < p->n; i++) {
+        pack_entry *e = &p->e[i];
+        if (e->B == B && e->trans_b == trans_b && e->K == K && e->N == N && e->ldb == ldb) {
+            if (e->packed) p->hits++;
+            return e->packed;
+        }
+    }
+    if (p->n == p->cap) {
+        int cap = p->cap ? 2 * p->cap : 64;
+        pack_entry *e = realloc(p->e, (size_t)cap * sizeof *e);
+        if (!e) return NULL;
+        p->e = e;
+        p->cap = cap;
+    }
+    /* 2 MiB-aligned and advised onto huge pages: a decoding step streams
+     * every copy from memory, and a 4 KiB page holds only 1024 floats */
+    size_t bytes = tfm_sgemm_avx512_packed_floats(K, N) * sizeof(float), align = (size_t)2 << 20;
+    if (bytes < align) align = 64;
+    float *packed = aligned_alloc(align, (bytes + align - 1) / align * align);
+#ifdef MADV_HUGEPAGE
+    if (packed && align > 64) madvise(packed, (bytes + align - 1) / align * align, MADV_HUGEPAGE);
+#endif
+    p->e[p->n++] = (pack_entry){.B = B, .trans_b = trans_b, .K = K, .N = N, .ldb = ldb, .packed = packed};
+    if (!packed) return NULL;
+    tfm_sgemm_avx512_pack_b(trans_b, K, N, B, ldb, packed);
+    p->misses++;
+    p->bytes += bytes;
+    return packed;
+}
 #endif
 
 /* Below about this many multiply-adds a parallel region costs more than it
@@ -112,7 +210,9 @@ void OPFN(tfm_gemm)(int trans_a, int trans_b, int M, int N, int K, real alpha, c
     /* M == 1 stays on gemv below (it streams op(B) once; a packed GEMM would
      * copy it first). */
     if (tfm_gemm_impl_for(M, N, K) == TFM_GEMM_IMPL_OWN) {
-        tfm_sgemm_avx512(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        const float *packed = packs_lookup(trans_b, K, N, B, ldb);
+        if (packed) tfm_sgemm_avx512_packed(trans_a, M, N, K, alpha, A, lda, packed, beta, C, ldc);
+        else tfm_sgemm_avx512(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
 #endif

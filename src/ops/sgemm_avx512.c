@@ -17,6 +17,10 @@
  * reused by every A panel. Neither operand is transposed while packing
  * except op(B) = B^T (x W^T, the forward of a linear layer), which is packed
  * once per block and amortised over all M rows.
+ * Pre-packed op(B) (tfm_sgemm_avx512_pack_b, _packed): decoding multiplies
+ * by the same weights at every step, so it packs each op(B) once, all its
+ * blocks in the layout above, and the driver reads the panels from there
+ * (src/ops/gemm.c keeps the copies for the decoder).
  * Threads (sg_body): they share each B block (one barrier per block, two
  * buffers), own column ranges (wide N), or own K ranges and add their sums
  * at the end (small C, long K: the weight gradients). While the kernel runs,
@@ -66,6 +70,25 @@ void tfm_sgemm_avx512(int trans_a, int trans_b, int M, int N, int K, float alpha
     (void)trans_a, (void)trans_b, (void)M, (void)N, (void)K, (void)alpha, (void)A, (void)lda, (void)B;
     (void)ldb, (void)beta, (void)C, (void)ldc;
     fprintf(stderr, "tfm_sgemm_avx512: not built for this target\n");
+    abort();
+}
+
+size_t tfm_sgemm_avx512_packed_floats(int K, int N) {
+    (void)K, (void)N;
+    return 0;
+}
+
+void tfm_sgemm_avx512_pack_b(int trans_b, int K, int N, const float *B, int ldb, float *packed) {
+    (void)trans_b, (void)K, (void)N, (void)B, (void)ldb, (void)packed;
+    fprintf(stderr, "tfm_sgemm_avx512_pack_b: not built for this target\n");
+    abort();
+}
+
+void tfm_sgemm_avx512_packed(int trans_a, int M, int N, int K, float alpha, const float *A, int lda,
+                             const float *packed, float beta, float *C, int ldc) {
+    (void)trans_a, (void)M, (void)N, (void)K, (void)alpha, (void)A, (void)lda, (void)packed, (void)beta;
+    (void)C, (void)ldc;
+    fprintf(stderr, "tfm_sgemm_avx512_packed: not built for this target\n");
     abort();
 }
 
@@ -428,6 +451,8 @@ typedef struct sg_args {
     int split_n;         /* threads own column ranges (1) or share blocks (0) */
     int split_k;         /* threads own K ranges (overrides split_n) */
     float *cbuf;         /* split_k: the partial C of threads 1..nt-1, M x N each */
+    const float *bpk;    /* op(B) packed once (tfm_sgemm_avx512_pack_b), or NULL: pack per block */
+    long npad;           /* bpk: N rounded up to NR, the row length of each of its K blocks */
 } sg_args;
 
 /* One thread's part of the product: thread t of nt.
@@ -453,7 +478,12 @@ typedef struct sg_args {
  * and runs the whole product over them alone, with its own B buffer; thread
  * 0 sums into C (with beta), thread t > 0 into its M x N buffer (cbuf); after
  * a barrier each thread adds the buffers, in thread order, to its share of
- * C's rows. Every thread has at least two K blocks (the caller's rule). */
+ * C's rows. Every thread has at least two K blocks (the caller's rule).
+ *
+ * Pre-packed op(B) (bpk): the same loops and the same kernel calls on the
+ * same panels, so the result is bit-identical; a block's panels are read
+ * where tfm_sgemm_avx512_pack_b put them instead of being packed into bbuf,
+ * and shared blocks need no barrier (nothing is written to share). */
 static void sg_body(const sg_args *g, int t, int nt) {
     float ap[SG_MR * SG_KC] __attribute__((aligned(64))); /* op(A) = A: one panel */
     float *achunk = g->abuf + (size_t)t * SG_MC_T * SG_MR * g->kc_blk;
@@ -491,13 +521,21 @@ static void sg_body(const sg_args *g, int t, int nt) {
         for (long p0 = k_lo; p0 < k_hi; p0 += g->kc_blk, round++) {
             long kc = k_hi - p0 < g->kc_blk ? k_hi - p0 : g->kc_blk;
             float beta = p0 == k_lo ? beta0 : 1.0f;
-            float *bb = g->bbuf + (share > 1 ? (round & 1) : g->split_n || g->split_k ? t : 0) * g->kc_blk * g->nc_max;
-            pack_b(bb, g->trans_b, g->B, g->ldb, j0, nc, np * u / share, np * (u + 1) / share, p0, kc);
+            const float *bb;
+            if (g->bpk) {
+                /* K block p0 starts at p0 * npad (every earlier block has
+                 * kc_blk rows); panel j0 / NR of it at j0 / NR * kc * NR */
+                bb = g->bpk + p0 * g->npad + j0 * kc;
+            } else {
+                float *w = g->bbuf + (share > 1 ? (round & 1) : g->split_n || g->split_k ? t : 0) * g->kc_blk * g->nc_max;
+                pack_b(w, g->trans_b, g->B, g->ldb, j0, nc, np * u / share, np * (u + 1) / share, p0, kc);
 #ifdef _OPENMP
-            if (share > 1) {
+                if (share > 1) {
 #pragma omp barrier
-            }
+                }
 #endif
+                bb = w;
+            }
             long tiles = mp * np, t0 = tiles * u / share, t1 = tiles * (u + 1) / share, packed = -1;
             long chunk0 = 0, chunk1 = 0; /* op(A) = A^T: the panels in achunk */
             /* What this thread packs next: its share of the next block's B
@@ -509,8 +547,11 @@ static void sg_body(const sg_args *g, int t, int nt) {
             if (j0n < n_hi) {
                 long kcn = k_hi - p0n < g->kc_blk ? k_hi - p0n : g->kc_blk;
                 long ncn = n_hi - j0n < nc_blk ? n_hi - j0n : nc_blk, npn = (ncn + SG_NR - 1) / SG_NR;
-                pf_b(&pfb, g->trans_b, g->B, g->ldb, j0n, ncn, npn * u / share, npn * (u + 1) / share, p0n, kcn,
-                     t1 - t0);
+                if (g->bpk) /* the next block, one contiguous run (a thread's tiles span its columns) */
+                    pf_start(&pfb, g->bpk + p0n * g->npad + j0n * kcn, 0, 1, npn * kcn * SG_NR, t1 - t0);
+                else
+                    pf_b(&pfb, g->trans_b, g->B, g->ldb, j0n, ncn, npn * u / share, npn * (u + 1) / share, p0n,
+                         kcn, t1 - t0);
             }
             for (long tile = t0; tile < t1; tile++) {
                 long m = tile / np, q = tile % np, i0 = m * SG_MR, jq = j0 + q * SG_NR;
@@ -566,16 +607,18 @@ static void sg_body(const sg_args *g, int t, int nt) {
     }
 }
 
-void tfm_sgemm_avx512(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
-                      const float *B, int ldb, float beta, float *C, int ldc) {
-    if (M <= 0 || N <= 0) return;
-    if (K <= 0 || alpha == 0.0f) {
-        for (long i = 0; i < M; i++)
-            for (long j = 0; j < N; j++) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
-        return;
-    }
+/* C (alpha, beta) only: K == 0 or alpha == 0. */
+static void scale_c(int M, int N, float beta, float *C, int ldc) {
+    for (long i = 0; i < M; i++)
+        for (long j = 0; j < N; j++) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
+}
+
+/* The product with op(B) read from B (bpk NULL: packed block by block) or
+ * from its packed copy bpk (B unused). M, N, K >= 1, alpha != 0. */
+static void sg_run(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+                   const float *B, int ldb, const float *bpk, float beta, float *C, int ldc) {
     sg_args g = {.trans_a = trans_a, .trans_b = trans_b, .M = M, .N = N, .K = K, .alpha = alpha, .beta = beta,
-                 .A = A, .B = B, .C = C, .lda = lda, .ldb = ldb, .ldc = ldc};
+                 .A = A, .B = B, .C = C, .lda = lda, .ldb = ldb, .ldc = ldc, .bpk = bpk};
     long nkb = (K + SG_KC - 1) / SG_KC;
     g.kc_blk = (K + nkb - 1) / nkb;
     int nt = 1;
@@ -583,6 +626,7 @@ void tfm_sgemm_avx512(int trans_a, int trans_b, int M, int N, int K, float alpha
     if (!omp_in_parallel() && (double)M * N * K >= SG_PAR_MIN) nt = omp_get_max_threads();
 #endif
     long mp = (M + SG_MR - 1) / SG_MR, np_all = (N + SG_NR - 1) / SG_NR;
+    g.npad = np_all * SG_NR;
     g.split_k = nt > 1 && SG_SPLIT_K(M, N, K, nt);
     g.split_n = nt > 1 && !g.split_k && SG_SPLIT_N(M, N, K, nt);
     if (g.split_n) {
@@ -596,10 +640,11 @@ void tfm_sgemm_avx512(int trans_a, int trans_b, int M, int N, int K, float alpha
         if (!g.split_k && nt > mp * (g.nc_max / SG_NR)) nt = (int)(mp * (g.nc_max / SG_NR));
     }
     if (nt <= 1) g.split_n = g.split_k = 0;
-    size_t nbuf = nt <= 1 ? 1 : g.split_n || g.split_k ? (size_t)nt : 2, nb = nbuf * g.kc_blk * g.nc_max;
+    size_t nbuf = nt <= 1 ? 1 : g.split_n || g.split_k ? (size_t)nt : 2;
+    size_t nb = bpk ? 0 : nbuf * g.kc_blk * g.nc_max;
     size_t na = trans_a ? (size_t)nt * SG_MC_T * SG_MR * g.kc_blk : 0;
     size_t ncb = g.split_k ? (size_t)(nt - 1) * M * N : 0;
-    g.bbuf = b_buffer(nb + na + ncb);
+    g.bbuf = b_buffer(nb + na + ncb > 0 ? nb + na + ncb : 16);
     g.abuf = g.bbuf + nb;
     g.cbuf = g.abuf + na;
     if (nt <= 1) {
@@ -610,6 +655,49 @@ void tfm_sgemm_avx512(int trans_a, int trans_b, int M, int N, int K, float alpha
 #pragma omp parallel num_threads(nt)
     sg_body(&g, omp_get_thread_num(), omp_get_num_threads());
 #endif
+}
+
+void tfm_sgemm_avx512(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+                      const float *B, int ldb, float beta, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0 || alpha == 0.0f) {
+        scale_c(M, N, beta, C, ldc);
+        return;
+    }
+    sg_run(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, NULL, beta, C, ldc);
+}
+
+size_t tfm_sgemm_avx512_packed_floats(int K, int N) {
+    if (K <= 0 || N <= 0) return 0;
+    return (size_t)K * (size_t)((N + SG_NR - 1) / SG_NR * SG_NR);
+}
+
+void tfm_sgemm_avx512_pack_b(int trans_b, int K, int N, const float *B, int ldb, float *packed) {
+    if (K <= 0 || N <= 0) return;
+    long nkb = (K + SG_KC - 1) / SG_KC, kc_blk = (K + nkb - 1) / nkb;
+    long np_all = (N + SG_NR - 1) / SG_NR, npad = np_all * SG_NR;
+    /* work items: (K block, 16 panels = 512 columns), in memory order */
+    enum { CHUNK = 16 };
+    long nch = (np_all + CHUNK - 1) / CHUNK, items = nkb * nch;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (!omp_in_parallel() && (double)K * N >= SG_PAR_MIN)
+#endif
+    for (long it = 0; it < items; it++) {
+        long kb = it / nch, c = it % nch, p0 = kb * kc_blk;
+        long kc = K - p0 < kc_blk ? K - p0 : kc_blk;
+        long q0 = c * CHUNK, q1 = q0 + CHUNK < np_all ? q0 + CHUNK : np_all;
+        pack_b(packed + p0 * npad, trans_b, B, ldb, 0, N, q0, q1, p0, kc);
+    }
+}
+
+void tfm_sgemm_avx512_packed(int trans_a, int M, int N, int K, float alpha, const float *A, int lda,
+                             const float *packed, float beta, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0 || alpha == 0.0f) {
+        scale_c(M, N, beta, C, ldc);
+        return;
+    }
+    sg_run(trans_a, 0, M, N, K, alpha, A, lda, NULL, 0, packed, beta, C, ldc);
 }
 
 #pragma GCC pop_options
