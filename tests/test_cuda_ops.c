@@ -380,6 +380,19 @@ static float bf16_round(float x) {
 }
 
 /* A copy of x[n] with every element rounded to bf16. */
+/* n bf16 values of device memory, widened to floats on the host (exactly). */
+static float *dget_bf16(const void *dev, size_t n) {
+    uint16_t *bits = xmalloc(n * sizeof *bits);
+    G->download(bits, dev, n * sizeof *bits);
+    float *x = xmalloc(n * sizeof *x);
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u = (uint32_t)bits[i] << 16;
+        memcpy(&x[i], &u, sizeof u);
+    }
+    free(bits);
+    return x;
+}
+
 static float *hround(const float *x, size_t n) {
     float *y = xmalloc(n * sizeof *y);
     for (size_t i = 0; i < n; i++) y[i] = bf16_round(x[i]);
@@ -817,14 +830,7 @@ static void test_fused_layernorm(int N, int D, float p) {
     int expect = D % 8 == 0 && D <= 1024;
     CHECK(filled == expect, "residual_dropout_layernorm N=%d D=%d: keep %s", N, D, filled ? "filled" : "not filled");
     if (filled) {
-        float *got_ln = dget(d_ln, nd), *want = hround(got_ln, nd);
-        uint16_t *bits = xmalloc(nd * sizeof *bits);
-        G->download(bits, d_keep, nd * sizeof *bits);
-        float *keep = xmalloc(nd * sizeof *keep);
-        for (size_t i = 0; i < nd; i++) {
-            uint32_t u = (uint32_t)bits[i] << 16;
-            memcpy(&keep[i], &u, sizeof u);
-        }
+        float *got_ln = dget(d_ln, nd), *want = hround(got_ln, nd), *keep = dget_bf16(d_keep, nd);
         tfm_test_close("residual_dropout_layernorm keep = bf16(ln)", keep, want, nd, 0.0);
         float *wl = hrand((size_t)O * D, -0.5f, 0.5f), *bl = hrand(O, -1, 1), *out = hnan((size_t)N * O);
         float *d_wl = dputf(wl, (size_t)O * D), *d_bl = dputf(bl, O), *d_out = dputf(out, (size_t)N * O);
@@ -836,7 +842,7 @@ static void test_fused_layernorm(int N, int D, float p) {
         /* gemm.cu's rule for when bf16 copies pay (few rows: the linear reads ln, NaN by now) */
         if (2.0 * N * D * O >= 512.0 * ((double)N * D + (double)O * D))
             tfm_test_close("linear_forward_keep on the filled keep", got, out, (size_t)N * O, TOL);
-        free(got), free(rwl), free(wl), free(bl), free(out), free(got_ln), free(want), free(bits), free(keep);
+        free(got), free(rwl), free(wl), free(bl), free(out), free(got_ln), free(want), free(keep);
         G->free(d_wl), G->free(d_bl), G->free(d_out);
     }
     G->free(d_keep);
@@ -1224,18 +1230,12 @@ static void test_attention_tiled(const attn_case *ac, int bf16) {
         got[run][3] = dget(d_dk, nk), got[run][4] = dget(d_dv, nv);
     }
     if (filled) {
-        uint16_t *bits = xmalloc(nkeep * sizeof *bits);
-        G->download(bits, d_keep, nkeep * sizeof *bits);
-        float *keep = xmalloc(nkeep * sizeof *keep), *want = hround(got[0][0], no);
-        for (size_t i = 0; i < nkeep; i++) {
-            uint32_t u = (uint32_t)bits[i] << 16;
-            memcpy(&keep[i], &u, sizeof u);
-        }
+        float *keep = dget_bf16(d_keep, nkeep), *want = hround(got[0][0], no);
         char kname[160];
         snprintf(kname, sizeof kname, "tiled bf16 %s out keep = bf16(out)", ac->name);
         tfm_test_close(kname, keep, want, nkeep, 0.0);
         g_attn_keeps_filled++;
-        free(bits), free(keep), free(want);
+        free(keep), free(want);
     }
     G->free(d_keep);
     CHECK(G->set_matmul_precision(TFM_MATMUL_FP32), "fp32 mode refused");
