@@ -94,11 +94,12 @@ static float *dget(const float *d, size_t n) {
 }
 
 /* Downloads the device tensor and compares it with the CPU result. */
-static void cmp(const char *name, const float *dev, const float *ref, size_t n) {
+static void cmp_tol(const char *name, const float *dev, const float *ref, size_t n, double tol) {
     float *got = dget(dev, n);
-    tfm_test_close(name, got, ref, n, TOL);
+    tfm_test_close(name, got, ref, n, tol);
     free(got);
 }
+static void cmp(const char *name, const float *dev, const float *ref, size_t n) { cmp_tol(name, dev, ref, n, TOL); }
 
 /* Exact agreement: the same zero pattern (which elements were dropped) and the
  * same bits everywhere. */
@@ -838,11 +839,10 @@ static void test_fused_layernorm(int N, int D, float p) {
         G->linear_forward_keep(d_out, d_ln, d_wl, d_bl, N, D, O, d_keep, 1);
         float *rwl = hround(wl, (size_t)O * D);
         C->linear_forward(out, want, rwl, bl, N, D, O);
-        float *got = dget(d_out, (size_t)N * O);
         /* gemm.cu's rule for when bf16 copies pay (few rows: the linear reads ln, NaN by now) */
         if (2.0 * N * D * O >= 512.0 * ((double)N * D + (double)O * D))
-            tfm_test_close("linear_forward_keep on the filled keep", got, out, (size_t)N * O, TOL);
-        free(got), free(rwl), free(wl), free(bl), free(out), free(got_ln), free(want), free(keep);
+            cmp("linear_forward_keep on the filled keep", d_out, out, (size_t)N * O);
+        free(rwl), free(wl), free(bl), free(out), free(got_ln), free(want), free(keep);
         G->free(d_wl), G->free(d_bl), G->free(d_out);
     }
     G->free(d_keep);
@@ -1401,14 +1401,10 @@ static void test_logits_backward(int N, int D, int V, int bf16, int pays, int ac
     }
     char name[96];
     const char *mode = bf16 ? (pays ? "bf16 direct" : "bf16 few rows") : "fp32";
-    float *got = dget(d_din, nd);
     snprintf(name, sizeof name, "logits_backward %dx%d V=%d acc=%d %s din", N, D, V, acc, mode);
-    (void)tfm_test_close(name, got, din, nd, tol);
-    free(got);
-    got = dget(d_dw, vd);
+    cmp_tol(name, d_din, din, nd, tol);
     snprintf(name, sizeof name, "logits_backward %dx%d V=%d acc=%d %s dw", N, D, V, acc, mode);
-    (void)tfm_test_close(name, got, dw, vd, tol);
-    free(got);
+    cmp_tol(name, d_dw, dw, vd, tol);
     CHECK(G->set_matmul_precision(TFM_MATMUL_FP32), "fp32 mode refused");
     G->free(d_logits), G->free(d_in), G->free(d_w), G->free(d_lse), G->free(d_din), G->free(d_dw), G->free(d_t);
     free(logits), free(in), free(w), free(din), free(dw), free(t), free(lse);
@@ -1487,21 +1483,14 @@ static void test_logits_loss(int N, int D, int V, int bf16, int packed, int acc,
     float lgf = (float)lg, lcf = (float)lc;
     snprintf(name, sizeof name, "logits_loss %dx%d V=%d pad=%s %s loss", N, D, V, pad ? pad : "64", mode);
     (void)tfm_test_close(name, &lgf, &lcf, 1, tol_loss);
-    float *got;
     if (!deferred) { /* a deferred forward leaves lse unwritten */
-        got = dget(d_lse, N);
         snprintf(name, sizeof name, "logits_loss %dx%d V=%d pad=%s %s lse", N, D, V, pad ? pad : "64", mode);
-        (void)tfm_test_close(name, got, lse, N, tol_lse);
-        free(got);
+        cmp_tol(name, d_lse, lse, N, tol_lse);
     }
-    got = dget(d_din, nd);
     snprintf(name, sizeof name, "logits_loss %dx%d V=%d acc=%d %s din", N, D, V, acc, mode);
-    (void)tfm_test_close(name, got, din, nd, tol);
-    free(got);
-    got = dget(d_dw, vd);
+    cmp_tol(name, d_din, din, nd, tol);
     snprintf(name, sizeof name, "logits_loss %dx%d V=%d acc=%d %s dw", N, D, V, acc, mode);
-    (void)tfm_test_close(name, got, dw, vd, tol);
-    free(got);
+    cmp_tol(name, d_dw, dw, vd, tol);
     CHECK(G->set_matmul_precision(TFM_MATMUL_FP32), "fp32 mode refused");
     if (packed) free(rin), free(rw), free(rg);
     G->free(d_logits), G->free(d_in), G->free(d_w), G->free(d_lse), G->free(d_din), G->free(d_dw), G->free(d_t);
@@ -1562,9 +1551,7 @@ static void test_linear_kept(int N, int I, int O, int bf16, int kept, int acc, i
         char name[128];
         snprintf(name, sizeof name, "linear kept %dx%d->%d acc=%d %s%s %s", N, I, O, acc, mode,
                  shared ? " shared" : "", what[t]);
-        float *got = dget(gots[t], ns[t]);
-        (void)tfm_test_close(name, got, refs[t], ns[t], tol);
-        free(got);
+        cmp_tol(name, gots[t], refs[t], ns[t], tol);
     }
     if (kept) free(rin), free(rw), free(rdout);
     G->free(d_in), G->free(d_w), G->free(d_b), G->free(d_dout), G->free(d_din), G->free(d_dw), G->free(d_db);
@@ -1719,9 +1706,7 @@ static void test_ffn_case(const char *tag, int N, int D, int F, tfm_act_kind kin
 #define FFN_CMP(label, dev, ref, n)                                                                       \
     do {                                                                                                  \
         snprintf(name, sizeof name, "ffn %dx%dx%d %s %s acc=%d %s", N, D, F, mode, tag, acc, label);      \
-        float *got_ = dget(dev, n);                                                                       \
-        (void)tfm_test_close(name, got_, ref, n, tol);                                                    \
-        free(got_);                                                                                       \
+        cmp_tol(name, dev, ref, n, tol);                                                                  \
     } while (0)
     float *got_hidden = dget(d_hidden, nf);
     int seen_fused = rel_err(got_hidden, hidden, nf) > 0.1;

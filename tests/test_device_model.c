@@ -119,6 +119,15 @@ static void compare_floats(const char *what, const char *name, const float *cpu_
     CHECK(e <= TOL, "%s: %s: %g", name, what, e);
 }
 
+/* Adam's defaults and a constant learning rate of 1e-3 (no warm-up). */
+static void test_optimizer(tfm_adam_params *opt, tfm_lr_schedule *sched) {
+    tfm_adam_default_params(opt);
+    tfm_lr_schedule_default(sched);
+    sched->warmup = 0;
+    sched->kind = TFM_LR_CONSTANT;
+    sched->lr = 1e-3f;
+}
+
 /* Forward + backward with dropout, then three trainer steps. */
 static void check_training(const char *name, tfm_config cfg) {
     tfm_model cpu, gpu;
@@ -139,13 +148,9 @@ static void check_training(const char *name, tfm_config cfg) {
                    .tgt_in = has_dec ? tgt : NULL, .targets = targets};
 
     tfm_adam_params opt;
-    tfm_adam_default_params(&opt);
-    opt.clip_norm = 1.0f;
     tfm_lr_schedule sched;
-    tfm_lr_schedule_default(&sched);
-    sched.warmup = 0;
-    sched.kind = TFM_LR_CONSTANT;
-    sched.lr = 1e-3f;
+    test_optimizer(&opt, &sched);
+    opt.clip_norm = 1.0f;
     tfm_trainer tc, tg;
     int ok = tfm_trainer_init(&tc, &cpu, &opt, &sched, B, S, T, 99) == TFM_OK &&
              device_trainer_init(&tg, &gpu, &opt, &sched, B, S, T, 99) == TFM_OK;
@@ -335,12 +340,8 @@ static void check_graphs(void) {
     if (!ok) return;
     CHECK(cuda->set_matmul_precision(TFM_MATMUL_BF16), "graphs: bf16 mode refused");
     tfm_adam_params opt;
-    tfm_adam_default_params(&opt);
     tfm_lr_schedule sched;
-    tfm_lr_schedule_default(&sched);
-    sched.warmup = 0;
-    sched.kind = TFM_LR_CONSTANT;
-    sched.lr = 1e-3f;
+    test_optimizer(&opt, &sched);
     tfm_trainer t1, t2;
     setenv("TFM_CUDA_GRAPHS", "0", 1);
     ok = tfm_trainer_init(&t1, &m1, &opt, &sched, BC, LC, LC, 11) == TFM_OK;

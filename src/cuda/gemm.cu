@@ -272,6 +272,21 @@ static unsigned aux_align_of(const void *p) {
     return al;
 }
 
+/* One attribute of a matmul descriptor (a failure aborts, as every cuBLASLt call here). */
+static void desc_set(cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t attr, const void *value, size_t size) {
+    TFM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, attr, value, size));
+}
+
+/* A plan's epilogue pointer (bias vector, ReLU mask): the heuristic takes its
+ * alignment from the pointer, so it gets a probe aligned to exactly `align`
+ * bytes (never dereferenced) and the algorithm it picks suits every pointer
+ * the plan will see; each launch sets the real one. */
+static void desc_set_probe(cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t attr, const void *p,
+                           uintptr_t align) {
+    const void *probe = (const void *)((uintptr_t)p | align);
+    desc_set(desc, attr, &probe, sizeof probe);
+}
+
 /* The plan of one shape, computed in `compute` on operands a, b (both of one
  * type; their pointers are not kept) into C (c: fp32, or bf16 with an
  * epilogue that writes the FFN's activations; its pointer is not kept either),
@@ -307,36 +322,25 @@ static gemm_plan *plan_get(cublasComputeType_t compute, int ta, int tb, int M, i
      * The scale type (alpha, beta) is fp32 in every mode. */
     cublasOperation_t op_a = tb ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
     TFM_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, compute, CUDA_R_32F));
-    TFM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a));
-    TFM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b));
-    if (epi != CUBLASLT_EPILOGUE_DEFAULT)
-        TFM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+    desc_set(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a);
+    desc_set(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b);
+    if (epi != CUBLASLT_EPILOGUE_DEFAULT) desc_set(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi);
     if (epi_has_vec(epi)) {
         /* D = A B + bias with D column-major [m = N, n = M]: the bias (BIAS,
          * RELU_AUX_BIAS) and the gradient of DRELU_BGRAD have one value per
          * row of D, i.e. per column of our row-major C, which is what
          * linear's b[O] is; BGRADB's has one per column of D (our row of C:
          * the sums of op(A) over K). Its type is set explicitly (cuBLASLt's
-         * default is D's type, which for a bf16 D would be a bf16 vector).
-         * The heuristic takes the vector's alignment from the pointer: give
-         * it one aligned to exactly BIAS_ALIGN bytes (never dereferenced),
-         * so that the algorithm it picks suits every vector this plan will
-         * see. */
-        const void *probe = (const void *)((uintptr_t)e->vec | BIAS_ALIGN);
-        TFM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &vec_type,
-                                                        sizeof vec_type));
-        TFM_CUBLAS_CHECK(
-            cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &probe, sizeof probe));
+         * default is D's type, which for a bf16 D would be a bf16 vector). */
+        desc_set(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &vec_type, sizeof vec_type);
+        desc_set_probe(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, e->vec, BIAS_ALIGN);
     }
     if (epi_has_aux(epi)) {
         /* The ReLU bit mask, one bit per element of D: column-major [N, M]
          * with aux_ld bits per column, i.e. one row of aux_ld bits per row
-         * of our C. Probed, like the vector, at exactly its alignment. */
-        const void *probe = (const void *)((uintptr_t)e->aux | aux_align);
-        TFM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &aux_ld,
-                                                        sizeof aux_ld));
-        TFM_CUBLAS_CHECK(
-            cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &probe, sizeof probe));
+         * of our C. */
+        desc_set(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &aux_ld, sizeof aux_ld);
+        desc_set_probe(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, e->aux, aux_align);
     }
     /* Column-major shapes (rows x cols) of what is stored: our B, row-major
      * [K,N] (or [N,K] when transposed), reads as [N,K] (or [K,N]); likewise A. */
@@ -384,12 +388,8 @@ static int lt_matmul(cublasComputeType_t compute, int ta, int tb, int M, int N, 
                      const tfm_cuda_epilogue *e) {
     gemm_plan *p = plan_get(compute, ta, tb, M, N, K, a, b, c, e);
     if (!p->has_algo) return 0;
-    if (epi_has_vec(p->epi))
-        TFM_CUBLAS_CHECK(
-            cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &e->vec, sizeof e->vec));
-    if (epi_has_aux(p->epi))
-        TFM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &e->aux,
-                                                        sizeof e->aux));
+    if (epi_has_vec(p->epi)) desc_set(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &e->vec, sizeof e->vec);
+    if (epi_has_aux(p->epi)) desc_set(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &e->aux, sizeof e->aux);
     size_t ws_bytes = 0;
     void *ws = tfm_cuda_lt_workspace(&ws_bytes);
     void *C = (void *)c->p;
