@@ -914,6 +914,13 @@ static void test_attention(void) {
         {"dropout", 3, 3, 5, 5, 3, 5, LAYOUT_SELF_PACKED, 0, 0, PAD_TAIL, 0.25f, 1, 0, 0},
         /* no masks at all */
         {"plain", 2, 1, 5, 3, 7, 3, LAYOUT_SEPARATE, 0, 0, PAD_NONE, 0.0f, 0, 0, 0},
+        /* a decoder step: one query over the cache (the one-query forward), k/v packed,
+         * gaps, batch 1 with every key masked */
+        {"one-query", 3, 2, 1, 6, 5, 3, LAYOUT_CROSS_KV_PACKED, 0, 0, PAD_TAIL_AND_ALL, 0.0f, 1, 2, 1},
+        /* more queries than the few-query loop takes: the general path */
+        {"many-queries", 2, 2, 10, 11, 3, 4, LAYOUT_SEPARATE, 1, 1, PAD_TAIL, 0.0f, 0, 0, 0},
+        /* one query with a causal offset hiding the last keys */
+        {"one-query-causal", 2, 3, 1, 7, 3, 4, LAYOUT_SEPARATE, 1, 4, PAD_TAIL, 0.0f, 0, 0, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) test_attention_case(&r, &cases[i]);
     /* the line below is the worst over the cases above */

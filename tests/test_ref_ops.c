@@ -369,6 +369,9 @@ int main(void) {
     ref_attention("causal");
     ref_attention("causal_offset");
     ref_attention("cross_pad");
+    ref_attention("one_query");
+    ref_attention("one_query_causal");
+    ref_attention("many_queries");
     ref_attention("dropout");
     ref_xent("ls0");
     ref_xent("ls01");

@@ -362,6 +362,7 @@ void tfm_cuda_attention_forward(float *out, float *probs, float *scratch, const 
                                 const float *v, const tfm_attn_dims *d) {
     if (d->B <= 0 || d->H <= 0 || d->Tq <= 0) return;
     TFM_CUDA_ASSERT(d->dropout <= 0 || scratch);
+    TFM_CUDA_ASSERT(!d->kv_rows); /* a device decoder gathers its cache rows instead */
     if (g_fused && rows_forward(out, probs, scratch, q, k, v, d)) return;
     unfused_forward(out, probs, scratch, q, k, v, d);
 }
@@ -372,5 +373,6 @@ void tfm_cuda_attention_backward(float *dq, float *dk, float *dv, float *scratch
                                  const float *probs, const float *q, const float *k, const float *v,
                                  const tfm_attn_dims *d) {
     if (d->B <= 0 || d->H <= 0) return;
+    TFM_CUDA_ASSERT(!d->kv_rows);
     unfused_backward(dq, dk, dv, scratch, dout, probs, q, k, v, d);
 }

@@ -1290,6 +1290,7 @@ int tfm_cuda_attention_tiled_preferred(const tfm_attn_dims *d) {
 int tfm_cuda_attention_tiled_forward(float *out, float *lse, float *scratch, size_t scratch_len, const float *q,
                                      const float *k, const float *v, const tfm_attn_dims *d) {
     (void)scratch, (void)scratch_len;
+    TFM_CUDA_ASSERT(!d->kv_rows); /* the CPU decoder's row map */
     if (d->B <= 0 || d->H <= 0 || d->Tq <= 0) return 0;
     int D = bf16_head(d);
     if (D) return forward_bf16(out, lse, q, k, v, d, D);
@@ -1303,6 +1304,7 @@ int tfm_cuda_attention_tiled_forward(float *out, float *lse, float *scratch, siz
 void tfm_cuda_attention_tiled_backward(float *dq, float *dk, float *dv, float *scratch, size_t scratch_len,
                                        const float *dout, const float *out, const float *lse, const float *q,
                                        const float *k, const float *v, const tfm_attn_dims *d) {
+    TFM_CUDA_ASSERT(!d->kv_rows);
     if (d->B <= 0 || d->H <= 0) return;
     if (d->Tq <= 0 || d->Tk <= 0) {
         /* No products: dk, dv (Tq == 0) or dq (Tk == 0) are zero. */

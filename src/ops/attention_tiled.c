@@ -197,6 +197,7 @@ static inline __attribute__((always_inline)) real OPFN(tiled_softmax_row)(real *
 TFM_CLONES void OPFN(tfm_attention_tiled_forward)(real *out, real *lse, real *scratch, size_t scratch_len,
                                                   const real *q, const real *k, const real *v,
                                                   const tfm_attn_dims *d) {
+    TFM_ASSERT(!d->kv_rows); /* the decoder's row map: attention.c only */
     int br, nt = tiled_plan(scratch_len, d->Tk, &br);
     size_t slot = tiled_slot(br, d->Tk);
     int Tq = d->Tq, Tk = d->Tk, nblk = (Tq + br - 1) / br;
@@ -257,6 +258,7 @@ TFM_CLONES void OPFN(tfm_attention_tiled_backward)(real *dq, real *dk, real *dv,
                                                    size_t scratch_len, const real *dout, const real *out,
                                                    const real *lse, const real *q, const real *k,
                                                    const real *v, const tfm_attn_dims *d) {
+    TFM_ASSERT(!d->kv_rows); /* the decoder's row map: attention.c only */
     int br, nt = tiled_plan(scratch_len, d->Tk, &br);
     size_t slot = tiled_slot(br, d->Tk);
     int BH = d->B * d->H, Tq = d->Tq, Tk = d->Tk;

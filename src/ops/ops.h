@@ -30,6 +30,14 @@ typedef struct tfm_attn_dims {
     int q_offset;
     const uint8_t *key_pad;   /* [B, key_pad_stride]: 1 = key masked; NULL = none */
     long key_pad_stride;
+    /* NULL, or [B, kv_rows_stride]: key j of batch b is read from batch
+     * kv_rows[b * kv_rows_stride + j] of k and v (the key mask stays batch
+     * b's). A beam search whose cache rows never move: each row's history is
+     * a map of the rows its keys were written to. Only tfm_attention_forward
+     * with Tq <= 8 and no dropout reads it (the CPU decoder's step); every
+     * other attention op requires NULL. */
+    const int32_t *kv_rows;
+    long kv_rows_stride;
     double scale;             /* usually 1/sqrt(dk) */
     float dropout;            /* on the probabilities */
     uint64_t seed, stream;    /* dropout randomness (core/rng.h) */

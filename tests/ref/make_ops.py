@@ -333,6 +333,14 @@ def main():
     case_attention("causal_offset", B=2, H=2, Tq=3, Tk=8, dk=4, dv=4, causal=1, q_offset=5)
     # Cross-attention: Tq != Tk, dk != dv, padding, and batch row 1 with every key masked.
     case_attention("cross_pad", B=3, H=2, Tq=5, Tk=9, dk=6, dv=3, pad_rows=[2, 9, 0])
+    # One query per (batch, head), the decoder's step over its cache (the vectorised Tq = 1 path):
+    # odd dk / dv (not multiples of the vector width), padding with one row all masked, and
+    # enough pairs and keys for the parallel loop.
+    case_attention("one_query", B=5, H=4, Tq=1, Tk=40, dk=67, dv=45, pad_rows=[0, 3, 40, 1, 39])
+    # The same with a causal offset (keys past position 6 hidden) and a tiny head.
+    case_attention("one_query_causal", B=3, H=2, Tq=1, Tk=9, dk=3, dv=7, causal=1, q_offset=6, pad_rows=[1, 0, 2])
+    # More queries than the few-query loop takes (the general path through tfm_gemm), causal, padding.
+    case_attention("many_queries", B=2, H=2, Tq=11, Tk=12, dk=6, dv=5, causal=1, q_offset=1, pad_rows=[0, 3])
     # Attention dropout with the library's mask.
     case_attention("dropout", B=2, H=3, Tq=5, Tk=7, dk=3, dv=5, pad_rows=[0, 2], p=0.2, seed=4242, stream=17)
     case_xent()
