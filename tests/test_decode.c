@@ -9,6 +9,9 @@
  *  - decoder-only generation from left-padded prompts of different lengths
  *    equals generating from each prompt alone, uncached;
  *  - reordering the cache rows (beam search) permutes the next logits;
+ *    beam search's reorders (a sentence's rows side by side, sharing one
+ *    cross-attention slot; sentences leaving) keep every row's logits equal
+ *    to the full forward of its own history;
  *  - with every GEMM on the own AVX-512 kernel, the decoder's packed weights
  *    (tfm_gemm_packs) give bit-identical logits to a decoder without them
  *    (TFM_GEMM_PACKED=0), across runs and a reorder, and are hit.
@@ -183,6 +186,81 @@ static void check_reorder(void) {
     tfm_model_free(&m);
 }
 
+/* Beam search's reorders: after the first, a sentence's rows sit side by
+ * side and share one cross-attention slot (kv_group); hypotheses move within
+ * their sentence, sentences leave, the group shrinks. After every step each
+ * row's logits must equal the full forward of its sentence and its own token
+ * history (rel 1e-4), and the grouping must be the expected one. */
+static void check_reorder_groups(void) {
+    tfm_config cfg = small_config(2, 2, TFM_NORM_POST, TFM_POS_SINUSOIDAL);
+    tfm_model m;
+    CHECK(tfm_model_init(&m, &cfg, 15) == TFM_OK, "%s", tfm_last_error());
+    spread_weights(&m);
+    enum { B = 3, S = 6, G = 3, T = 6, N = B * G };
+    int32_t src[B * S];
+    tfm_rng r;
+    tfm_rng_init(&r, 8, 0);
+    random_src(src, B, S, cfg.src_vocab, &r); /* sentences of 6, 3 and 6 tokens */
+    tfm_decoder dec;
+    tfm_workspace ws;
+    CHECK(tfm_decoder_init(&dec, &m, N, S, T) == TFM_OK, "%s", tfm_last_error());
+    CHECK(tfm_workspace_init(&ws, &m, N, S, T) == TFM_OK, "%s", tfm_last_error());
+    CHECK(tfm_decoder_start(&dec, src, B, S) == TFM_OK, "%s", tfm_last_error());
+    /* The reorder after each step (n rows: new row r takes old row from[r]) and the grouping it must give. */
+    static const int from[T - 1][N] = {
+        {0, 0, 0, 1, 1, 1, 2, 2, 2}, /* step 1: each sentence's row to 3 beams */
+        {2, 0, 0, 4, 3, 5, 8, 8, 6}, /* beams reordered within their sentences */
+        {0, 1, 2, 6, 7, 8},          /* sentence 1 leaves: its slot goes */
+        {3, 5, 4},                   /* sentence 0 leaves */
+        {0, 2},                      /* two beams of sentence 2 */
+    };
+    static const int n_after[T - 1] = {9, 9, 6, 3, 2}, group_after[T - 1] = {3, 3, 3, 3, 2};
+    int n = B, sent[N], hist[N][T], hist2[N][T];
+    for (int i = 0; i < B; i++) sent[i] = i;
+    double worst = 0;
+    for (int t = 0; t < T; t++) {
+        int32_t tok[N], prefix[N * T], srcx[N * S];
+        for (int i = 0; i < n; i++) {
+            tok[i] = t == 0 ? cfg.bos_id : 3 + (i * 5 + t * 3) % (cfg.tgt_vocab - 3);
+            hist[i][t] = tok[i];
+        }
+        CHECK(tfm_decoder_step(&dec, tok) == TFM_OK, "%s", tfm_last_error());
+        for (int i = 0; i < n; i++) {
+            memcpy(srcx + i * S, src + sent[i] * S, S * sizeof *src);
+            for (int j = 0; j <= t; j++) prefix[i * (t + 1) + j] = hist[i][j];
+        }
+        tfm_batch batch = {.B = n, .S = S, .T = t + 1, .src = srcx, .tgt_in = prefix};
+        CHECK(tfm_model_forward(&m, &ws, &batch, 0, 0) == TFM_OK, "%s", tfm_last_error());
+        for (int i = 0; i < n; i++) {
+            const float *full = ws.logits + ((size_t)i * (t + 1) + t) * cfg.tgt_vocab;
+            const float *cached = dec.logits + (size_t)i * cfg.tgt_vocab;
+            double mx = 0, md = 0;
+            for (int v = 0; v < cfg.tgt_vocab; v++) {
+                md = fmax(md, fabs(full[v] - cached[v]));
+                mx = fmax(mx, fabs(full[v]));
+            }
+            worst = fmax(worst, md / mx);
+        }
+        if (t == T - 1) break;
+        int sent2[N];
+        for (int i = 0; i < n_after[t]; i++) {
+            sent2[i] = sent[from[t][i]];
+            memcpy(hist2[i], hist[from[t][i]], sizeof hist2[i]);
+        }
+        CHECK(tfm_decoder_reorder(&dec, from[t], n_after[t]) == TFM_OK, "%s", tfm_last_error());
+        CHECK(dec.kv_group == group_after[t], "reorder %d: kv_group %d, expected %d", t, dec.kv_group,
+              group_after[t]);
+        n = n_after[t];
+        memcpy(sent, sent2, sizeof sent);
+        memcpy(hist, hist2, sizeof hist);
+    }
+    CHECK(worst < 1e-4, "grouped reorder: cached logits differ from the full forward by %.3g (rel)", worst);
+    printf("grouped reorder: beams share cross slots, logits == full forward (worst rel %.2e)\n", worst);
+    tfm_workspace_free(&ws);
+    tfm_decoder_free(&dec);
+    tfm_model_free(&m);
+}
+
 static void check_packed_weights(void) {
     if (!tfm_sgemm_avx512_available()) {
         printf("packed weights: no AVX-512 kernel, skipped\n");
@@ -242,6 +320,7 @@ int main(void) {
     check_generation("decoder-only rope", small_config(0, 3, TFM_NORM_PRE, TFM_POS_ROPE));
     check_generation("decoder-only learned", small_config(0, 2, TFM_NORM_POST, TFM_POS_LEARNED));
     check_reorder();
+    check_reorder_groups();
     check_packed_weights();
     return tfm_test_finish();
 }

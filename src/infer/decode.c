@@ -10,6 +10,14 @@
  * Caches and scratch live in the model's backend memory; the host keeps
  * mirrors of the small per-row state (padding, positions) and uploads them
  * each step, and reads each step's logits (downloaded from a device).
+ *
+ * Beam search reorders rows after every step (tfm_decoder_reorder). On the
+ * CPU the self-attention caches never move: a map per row names the cache
+ * row that holds each of its positions, and a reorder copies maps (ints)
+ * instead of cache rows (a base model's beam 4 on 64 sentences moved ~1.8 GB
+ * per run). A device gathers the cache rows. Either way the beams of a
+ * sentence share one copy of its cross-attention keys and values (kv_group):
+ * the cross-attention runs one batch per sentence with a query per beam.
  */
 #include "infer/decode.h"
 
@@ -48,7 +56,7 @@ static void carve(carver *c, tfm_decoder *d) {
         d->v_cache[l] = take(c, self);
         if (has_enc) d->cross_kv[l] = take(c, cross);
     }
-    d->spare_self = take(c, self);
+    if (!d->kv_map) d->spare_self = take(c, self);
     if (has_enc) d->spare_cross = take(c, cross);
     size_t L = T > S ? T : S;
     d->x = take(c, B * D);
@@ -65,10 +73,10 @@ static void carve(carver *c, tfm_decoder *d) {
     d->dev_logits = take(c, B * cfg->tgt_vocab);
 }
 
-/* tfm_decoder_reorder's host scratch for n rows: the row map, then the
- * positions, sentences, self and source padding of the new rows. */
+/* tfm_decoder_reorder's host scratch for n rows: the row and slot maps, then
+ * the positions, sentences, self and source padding of the new rows. */
 static size_t host_reorder_bytes(const tfm_decoder *d, int n) {
-    return (size_t)n * (3 * sizeof(int32_t) + (size_t)d->max_T + (size_t)d->max_S);
+    return (size_t)n * (4 * sizeof(int32_t) + (size_t)d->max_T + (size_t)d->max_S);
 }
 
 tfm_status tfm_decoder_init(tfm_decoder *d, const tfm_model *m, int max_B, int max_S, int max_T) {
@@ -94,18 +102,24 @@ tfm_status tfm_decoder_init(tfm_decoder *d, const tfm_model *m, int max_B, int m
     d->pos = be->alloc((size_t)max_B * sizeof *d->pos);
     d->tokens = be->alloc((size_t)max_B * sizeof *d->tokens);
     d->rows = be->alloc((size_t)max_B * sizeof *d->rows);
+    d->slots = be->alloc((size_t)max_B * sizeof *d->slots);
     d->best = be->alloc((size_t)max_B * sizeof *d->best);
     d->host_self_pad = calloc((size_t)max_B * max_T, 1);
     d->host_src_pad = calloc((size_t)max_B * (d->max_S + 1), 1);
     d->host_pos = calloc((size_t)max_B, sizeof *d->host_pos);
     d->host_src_row = calloc((size_t)max_B, sizeof *d->host_src_row);
     d->host_reorder = malloc(host_reorder_bytes(d, max_B));
+    if (be->host_memory) {
+        d->kv_map = malloc((size_t)max_B * max_T * sizeof *d->kv_map);
+        d->kv_map_spare = malloc((size_t)max_B * max_T * sizeof *d->kv_map_spare);
+    }
     carver count = {0};
     if (d->k_cache && d->v_cache && d->cross_kv) carve(&count, d);
     d->mem = count.used ? be->alloc(count.used * sizeof(float)) : NULL;
     d->logits = be->host_memory ? NULL : malloc((size_t)max_B * cfg->tgt_vocab * sizeof *d->logits);
-    if (!d->k_cache || !d->v_cache || !d->cross_kv || !d->self_pad || !d->pos || !d->tokens || !d->rows || !d->best ||
-        !d->host_self_pad || !d->host_src_pad || !d->host_pos || !d->host_src_row || !d->host_reorder || !d->mem ||
+    if (!d->k_cache || !d->v_cache || !d->cross_kv || !d->self_pad || !d->pos || !d->tokens || !d->rows ||
+        !d->slots || !d->best || !d->host_self_pad || !d->host_src_pad || !d->host_pos || !d->host_src_row || !d->host_reorder || !d->mem ||
+        (be->host_memory && (!d->kv_map || !d->kv_map_spare)) ||
         (!be->host_memory && !d->logits)) {
         tfm_decoder_free(d);
         return tfm_error(TFM_ERR_NOMEM, "decoder: out of memory for the KV cache of %d x %d x %d", max_B,
@@ -133,6 +147,7 @@ void tfm_decoder_free(tfm_decoder *d) {
         be->free(d->pos);
         be->free(d->tokens);
         be->free(d->rows);
+        be->free(d->slots);
         be->free(d->best);
         be->free(d->mem);
         if (!be->host_memory) free(d->logits);
@@ -142,6 +157,8 @@ void tfm_decoder_free(tfm_decoder *d) {
     free(d->host_pos);
     free(d->host_src_row);
     free(d->host_reorder);
+    free(d->kv_map);
+    free(d->kv_map_spare);
     memset(d, 0, sizeof *d);
 }
 
@@ -171,6 +188,7 @@ static tfm_status decoder_start(tfm_decoder *d, const int32_t *src, int B, int S
         return tfm_error(TFM_ERR_INVALID, "decoder: %d rows do not fit the capacity %d", B, d->max_B);
     d->B = B;
     d->step = 0;
+    d->kv_group = 1;
     memset(d->host_pos, 0, (size_t)B * sizeof *d->host_pos);
     for (int r = 0; r < d->max_B; r++) d->host_src_row[r] = r < B ? r : -1; /* -1: holds no sentence */
     if (cfg->enc_layers == 0) {
@@ -229,21 +247,25 @@ static void self_attn_step(tfm_decoder *d, int l, const float *in) {
         .q_row = m->qkv_dim, .q_batch = m->qkv_dim, .k_row = hk, .k_batch = (long)T * hk,
         .v_row = hv, .v_batch = (long)T * hv, .o_row = hv, .o_batch = hv,
         .key_pad = d->self_pad, .key_pad_stride = T, .scale = 1.0 / sqrt((double)m->dk),
+        .kv_rows = d->kv_map, .kv_rows_stride = T,
     };
     m->be->attention_forward(d->att, d->probs, NULL, d->qkv, d->k_cache[l], d->v_cache[l], &dims);
     m->be->linear_forward(d->proj, d->att, w->out_w, w->out_b, B, hv, D);
 }
 
+/* The g = kv_group rows of a cross slot are its g queries: attention over
+ * B / g batches of g queries each. */
 static void cross_attn_step(tfm_decoder *d, int l, const float *in) {
     const tfm_model *m = d->m;
     const tfm_config *cfg = &m->cfg;
     const tfm_attn_weights *w = &m->w.dec[l].cross_attn;
     int D = cfg->d_model, H = cfg->heads, hk = H * m->dk, hv = H * m->dv, kvd = hk + hv, B = d->B;
+    int g = d->kv_group;
     m->be->linear_forward(d->qkv, in, w->in_w, w->in_b, B, D, hk);
     tfm_attn_dims dims = {
-        .B = B, .H = H, .Tq = 1, .Tk = d->S, .dk = m->dk, .dv = m->dv,
-        .q_row = hk, .q_batch = hk, .k_row = kvd, .k_batch = (long)d->S * kvd,
-        .v_row = kvd, .v_batch = (long)d->S * kvd, .o_row = hv, .o_batch = hv,
+        .B = B / g, .H = H, .Tq = g, .Tk = d->S, .dk = m->dk, .dv = m->dv,
+        .q_row = hk, .q_batch = (long)g * hk, .k_row = kvd, .k_batch = (long)d->S * kvd,
+        .v_row = kvd, .v_batch = (long)d->S * kvd, .o_row = hv, .o_batch = (long)g * hv,
         .key_pad = d->enc_ws.src_pad, .key_pad_stride = d->S, .scale = 1.0 / sqrt((double)m->dk),
     };
     m->be->attention_forward(d->att, d->probs, NULL, d->qkv, d->cross_kv[l], d->cross_kv[l] + hk, &dims);
@@ -275,6 +297,8 @@ static tfm_status decoder_step(tfm_decoder *d, const int32_t *tokens) {
         d->host_self_pad[(size_t)b * d->max_T + d->step] = tokens[b] == cfg->pad_id;
     }
     const tfm_backend *be = m->be;
+    if (d->kv_map) /* this step's keys and values go to each row's own cache row */
+        for (int b = 0; b < B; b++) d->kv_map[(size_t)b * d->max_T + d->step] = b;
     be->upload(d->tokens, tokens, (size_t)B * sizeof *tokens);
     be->upload(d->pos, d->host_pos, (size_t)B * sizeof *d->pos);
     be->upload(d->self_pad, d->host_self_pad, (size_t)B * d->max_T);
@@ -307,16 +331,29 @@ static tfm_status decoder_step(tfm_decoder *d, const int32_t *tokens) {
     return TFM_OK;
 }
 
-/* Gathers the rows of the backend array *a [max_B, row] (d->rows holds the
- * sources; only the first `used` floats of a row hold data) into *spare, then
- * swaps the two: *a is the gathered array, *spare the old one, free for the
- * next gather. Both were allocated with the same size (carve). */
-static void gather_swap(tfm_decoder *d, float **a, float **spare, size_t row, size_t used, int n) {
+/* Gathers the rows of the backend array *a [max_B, row] (from: the sources,
+ * in backend memory; only the first `used` floats of a row hold data) into
+ * *spare, then swaps the two: *a is the gathered array, *spare the old one,
+ * free for the next gather. Both were allocated with the same size (carve). */
+static void gather_swap(tfm_decoder *d, float **a, float **spare, size_t row, size_t used, const int32_t *from,
+                        int n) {
     if (used == 0) return;
-    d->m->be->gather_rows(*spare, *a, (long)row, used, d->rows, n);
+    d->m->be->gather_rows(*spare, *a, (long)row, used, from, n);
     float *t = *a;
     *a = *spare;
     *spare = t;
+}
+
+/* Rows per cross slot for the new rows' sentences src_row[n]: the length g
+ * of the first run of one sentence when every block of g rows holds one
+ * sentence (beam search: its beams); else 1. */
+static int rows_per_slot(const int32_t *src_row, int n) {
+    int g = 1;
+    while (g < n && src_row[g] == src_row[0]) g++;
+    if (n % g) return 1;
+    for (int r = 0; r < n; r++)
+        if (src_row[r] != src_row[r - r % g]) return 1;
+    return g;
 }
 
 tfm_status tfm_decoder_reorder(tfm_decoder *d, const int *from, int n_rows) {
@@ -328,37 +365,55 @@ tfm_status tfm_decoder_reorder(tfm_decoder *d, const int *from, int n_rows) {
         if (from[r] < 0 || from[r] >= d->B)
             return tfm_error(TFM_ERR_INVALID, "decoder: reorder source row %d outside [0, %d)", from[r], d->B);
     int H = cfg->heads, has_enc = cfg->enc_layers > 0;
-    /* The cross K/V rows move only when some row changes sentence (a finished
-     * sentence leaves the batch); beams reordered within their sentence keep them. */
-    int cross_moves = 0;
-    for (int r = 0; r < n_rows; r++) cross_moves |= d->host_src_row[from[r]] != d->host_src_row[r];
     size_t krow = (size_t)d->max_T * H * m->dk, vrow = (size_t)d->max_T * H * m->dv;
-    size_t crow = (size_t)d->S * H * (m->dk + m->dv); /* rows are S long (start) */
+    size_t crow = (size_t)d->S * H * (m->dk + m->dv); /* slots are S long (start) */
     uint8_t *host = d->host_reorder;
-    int32_t *from32 = (int32_t *)host, *pos = from32 + n_rows, *src_row = pos + n_rows;
+    int32_t *from32 = (int32_t *)host, *slot_from = from32 + n_rows, *pos = slot_from + n_rows;
+    int32_t *src_row = pos + n_rows;
     uint8_t *pad = (uint8_t *)(src_row + n_rows), *spad = pad + (size_t)n_rows * d->max_T;
-    for (int r = 0; r < n_rows; r++) from32[r] = from[r];
-    m->be->upload(d->rows, from32, (size_t)n_rows * sizeof *from32);
-    for (int l = 0; l < cfg->dec_layers; l++) {
-        /* Only the first `step` positions of a cache row are filled. */
-        gather_swap(d, &d->k_cache[l], &d->spare_self, krow, (size_t)d->step * H * m->dk, n_rows);
-        gather_swap(d, &d->v_cache[l], &d->spare_self, vrow, (size_t)d->step * H * m->dv, n_rows);
-        if (has_enc && cross_moves) gather_swap(d, &d->cross_kv[l], &d->spare_cross, crow, crow, n_rows);
-    }
     for (int r = 0; r < n_rows; r++) {
-        memcpy(pad + (size_t)r * d->max_T, d->host_self_pad + (size_t)from[r] * d->max_T, d->max_T);
+        from32[r] = from[r];
         pos[r] = d->host_pos[from[r]];
         src_row[r] = d->host_src_row[from[r]];
-        if (has_enc) memcpy(spad + (size_t)r * d->S, d->host_src_pad + (size_t)from[r] * d->S, (size_t)d->S);
+        memcpy(pad + (size_t)r * d->max_T, d->host_self_pad + (size_t)from[r] * d->max_T, d->max_T);
+    }
+    /* The cross slots: new slot s takes the old slot of its first row. They
+     * move only when sentences leave the batch or the grouping changes (not
+     * when beams are reordered within their sentence). */
+    int g = has_enc ? rows_per_slot(src_row, n_rows) : 1, n_slots = n_rows / g;
+    int cross_moves = n_slots != d->B / d->kv_group;
+    for (int s = 0; s < n_slots; s++) {
+        slot_from[s] = from[s * g] / d->kv_group;
+        cross_moves |= slot_from[s] != s;
+        if (has_enc) memcpy(spad + (size_t)s * d->S, d->host_src_pad + (size_t)slot_from[s] * d->S, (size_t)d->S);
+    }
+    if (!d->kv_map) m->be->upload(d->rows, from32, (size_t)n_rows * sizeof *from32);
+    if (has_enc && cross_moves) m->be->upload(d->slots, slot_from, (size_t)n_slots * sizeof *slot_from);
+    if (d->kv_map) { /* the rows stay; each new row takes its source's map */
+        for (int r = 0; r < n_rows; r++)
+            memcpy(d->kv_map_spare + (size_t)r * d->max_T, d->kv_map + (size_t)from[r] * d->max_T,
+                   (size_t)d->step * sizeof *d->kv_map);
+        int32_t *t = d->kv_map;
+        d->kv_map = d->kv_map_spare;
+        d->kv_map_spare = t;
+    }
+    for (int l = 0; l < cfg->dec_layers; l++) {
+        /* Only the first `step` positions of a cache row are filled. */
+        if (!d->kv_map) {
+            gather_swap(d, &d->k_cache[l], &d->spare_self, krow, (size_t)d->step * H * m->dk, d->rows, n_rows);
+            gather_swap(d, &d->v_cache[l], &d->spare_self, vrow, (size_t)d->step * H * m->dv, d->rows, n_rows);
+        }
+        if (has_enc && cross_moves) gather_swap(d, &d->cross_kv[l], &d->spare_cross, crow, crow, d->slots, n_slots);
     }
     memcpy(d->host_self_pad, pad, (size_t)n_rows * d->max_T);
     memcpy(d->host_pos, pos, (size_t)n_rows * sizeof *pos);
     memcpy(d->host_src_row, src_row, (size_t)n_rows * sizeof *src_row);
     if (has_enc && cross_moves) {
-        memcpy(d->host_src_pad, spad, (size_t)n_rows * d->S);
-        m->be->upload(d->enc_ws.src_pad, spad, (size_t)n_rows * d->S);
+        memcpy(d->host_src_pad, spad, (size_t)n_slots * d->S);
+        m->be->upload(d->enc_ws.src_pad, spad, (size_t)n_slots * d->S);
     }
     d->B = n_rows;
+    d->kv_group = g;
     return TFM_OK;
 }
 

@@ -29,15 +29,28 @@ typedef struct tfm_decoder {
     tfm_workspace enc_ws;     /* the encoder's activations (encoder-decoder only) */
     /* In the model's backend memory: */
     float **k_cache, **v_cache;  /* per layer [B, Tm, H*dk], [B, Tm, H*dv], each the size of spare_self */
-    float **cross_kv;         /* per layer [B, S, H*(dk+dv)], each the size of spare_cross */
+    float **cross_kv;         /* per layer [B / kv_group, S, H*(dk+dv)] (one slot per group of rows),
+                                 each the size of spare_cross */
+    int kv_group;             /* rows per cross-attention slot: rows [s*g, (s+1)*g) read slot s's
+                                 cross K/V and source mask. 1 after start; beam search's reorders
+                                 place a sentence's beams side by side, which makes it the beam,
+                                 so the beams of a sentence share one copy of its encoder keys */
     uint8_t *self_pad;        /* [B, Tm] 1 = cached position holds a pad token */
     int32_t *pos;             /* [B] position of each row's next token */
     int32_t *tokens;          /* [B] this step's tokens */
     int32_t *rows;            /* [B] reorder source rows */
+    int32_t *slots;           /* [B] reorder source cross-attention slots */
     int32_t *best;            /* [B] argmax results */
     float *mem;               /* one allocation for caches and scratch */
     float *spare_self;        /* [B, Tm, H*max(dk, dv)] the spare self-attention cache: reordering
-                                 gathers a cache into it and the two trade places */
+                                 gathers a cache into it and the two trade places (device
+                                 backends; NULL with kv_map) */
+    int32_t *kv_map;          /* host-memory (CPU) backends: [max_B, Tm] the cache row that holds
+                                 row r's key and value at position j. A reorder rewrites this map
+                                 instead of moving cache rows (each key is written once, at its
+                                 step, to the row that computed it); the attention reads through
+                                 it (tfm_attn_dims.kv_rows). NULL on a device: rows are gathered */
+    int32_t *kv_map_spare;    /* [max_B, Tm] the reorder's destination; the two trade places */
     float *spare_cross;       /* [B, S, H*(dk+dv)] the same for the cross K/V (encoder-decoder only) */
     uint8_t *host_reorder;    /* host scratch of tfm_decoder_reorder, sized at init */
     /* one step's scratch */
@@ -48,7 +61,7 @@ typedef struct tfm_decoder {
                                  on a device, valid after tfm_decoder_logits */
     int logits_on_host;       /* logits holds this step's values */
     uint8_t *host_self_pad;   /* [B, Tm] mirror of self_pad */
-    uint8_t *host_src_pad;    /* [B, S] the source padding mask */
+    uint8_t *host_src_pad;    /* [B / kv_group, S] the source padding mask of each cross slot */
     int32_t *host_pos;        /* [B] mirror of pos */
     int32_t *host_src_row;    /* [B] the encoded sentence whose cross K/V (and source mask) row r holds:
                                  a reorder that keeps every row's sentence (beam search
@@ -86,7 +99,10 @@ const float *tfm_decoder_logits(tfm_decoder *d);
 void tfm_decoder_argmax(tfm_decoder *d, int skip_a, int skip_b, int skip_c, int32_t *out);
 
 /* Reorders the rows of every cache: new row r takes old row from[r] (beam
- * search). B may shrink to n_rows. */
+ * search). B may shrink to n_rows. When every block of g consecutive new rows
+ * (g the length of the first block) holds one sentence, as beam search's
+ * rows do, each block shares one slot of cross K/V (kv_group = g); otherwise
+ * every row has its own (g = 1). */
 tfm_status tfm_decoder_reorder(tfm_decoder *d, const int *from, int n_rows);
 
 /* Greedy decoding of an encoder-decoder model: out [B, max_len] receives the
