@@ -40,6 +40,9 @@
  *     within the bound of the reference and bit-identical to the unpacked
  *     kernel (the same kernel calls in the same order); the packed copy sits
  *     against a guard page;
+ *   - the bias epilogue (tfm_sgemm_avx512_bias, a linear layer's forward):
+ *     edges, each way of sharing the work (a K split must add the bias
+ *     once), K == 0, packed and unpacked op(B) bit-identical, at 1..3 threads;
  *   - the packed-weight cache of tfm_gemm (tfm_gemm_packs_*): nothing happens
  *     without a current cache; a miss packs, a repeat hits, a different
  *     pointer, N or ldb misses, a matrix outside (or reaching past) the range
@@ -363,6 +366,55 @@ out:
     printf("packed cases at 1..%d threads done\n", max_t);
 }
 
+/* tfm_sgemm_avx512_bias: C = A op(B) + bias (the bias added with the first
+ * K block), checked as beta = 1 against C0 whose rows are the bias (the
+ * bound covers it); C starts as NaN (never read), its padding must stay
+ * intact, and the pre-packed op(B) gives the same bits. */
+static int run_bias_case(int tb, int M, int N, int K, int pad) {
+    int b_rows = tb ? N : K, b_cols = tb ? K : N, lda = K + pad, ldb = b_cols + pad, ldc = N + pad;
+    size_t na = (size_t)(M - 1) * lda + (K > 0 ? K : 1), nbe = (size_t)(b_rows > 0 ? b_rows - 1 : 0) * ldb + b_cols,
+           nc = (size_t)(M - 1) * ldc + N, np = tfm_sgemm_avx512_packed_floats(K, N);
+    float *A = malloc((na + 1) * sizeof *A), *B = malloc((nbe + 1) * sizeof *B), *bias = malloc(N * sizeof *bias);
+    float *C0 = malloc(nc * sizeof *C0), *C = malloc(nc * sizeof *C), *C1 = malloc(nc * sizeof *C1);
+    float *P = np ? aligned_alloc(64, (np * sizeof *P + 63) / 64 * 64) : NULL;
+    for (size_t e = 0; e < na; e++) A[e] = (long)(e % lda) < K ? rnd() : NAN;
+    for (size_t e = 0; e < nbe; e++) B[e] = (long)(e % ldb) < b_cols ? rnd() : NAN;
+    for (int j = 0; j < N; j++) bias[j] = 4 * rnd();
+    for (size_t e = 0; e < nc; e++) {
+        C0[e] = (long)(e % ldc) < N ? bias[e % ldc] : SENTINEL;
+        C[e] = C1[e] = (long)(e % ldc) < N ? NAN : SENTINEL;
+    }
+    if (P) tfm_sgemm_avx512_pack_b(tb, K, N, B, ldb, P);
+    tfm_sgemm_avx512_bias(tb, M, N, K, A, lda, B, ldb, NULL, bias, C, ldc);
+    tfm_sgemm_avx512_bias(tb, M, N, K, A, lda, B, ldb, P, bias, C1, ldc);
+    int same = memcmp(C, C1, nc * sizeof *C) == 0;
+    CHECK(same, "bias %c M=%d N=%d K=%d: packed and unpacked differ", tb ? 'T' : 'N', M, N, K);
+    int ok = check("bias", 0, tb, M, N, K, 1, A, lda, B, ldb, 1, C0, C, ldc) && same;
+    free(A), free(B), free(bias), free(C0), free(C), free(C1), free(P);
+    return ok;
+}
+
+static void bias_cases(void) {
+    /* tile and packing edges; blocks shared; columns split (wide N); K split
+     * (small C, long K: only thread 0 may add the bias); K == 0 (C = bias) */
+    static const int MNK[][3] = {{1, 1, 1}, {5, 17, 3}, {13, 33, 64}, {12, 32, 256}, {67, 531, 517},
+                                 {5, 2000, 300}, {37, 45, 3000}, {100, 200, 1300}, {3, 7, 0}, {256, 1536, 512}};
+    int max_t = 3, failures = 0;
+#ifdef _OPENMP
+    int saved = omp_get_max_threads();
+#endif
+    for (int t = 1; t <= max_t; t++) {
+        set_threads(t);
+        for (size_t i = 0; i < sizeof MNK / sizeof *MNK; i++)
+            for (int tb = 0; tb < 2; tb++)
+                failures += !run_bias_case(tb, MNK[i][0], MNK[i][1], MNK[i][2], (int)(i % 3));
+    }
+#ifdef _OPENMP
+    set_threads(saved);
+#endif
+    printf("bias cases at 1..%d threads: %d failed\n", max_t, failures);
+}
+
 /* tfm_gemm's packed-weight cache. */
 static void cache_cases(void) {
     enum { M = 40, N = 70, K = 300, NW = 4 * N * K };
@@ -444,6 +496,7 @@ int main(void) {
     nested_cases();
     dispatch_case();
     packed_cases();
+    bias_cases();
     cache_cases();
     printf("worst error seen: %.1f u S (bound: (kc + 2 nb + 4) u S)\n", g_worst_ratio);
     return tfm_test_finish();

@@ -219,13 +219,18 @@ static const float *block_in(tfm_decoder *d, const tfm_norm_weights *nw, const f
     return d->ln;
 }
 
-static void block_out(tfm_decoder *d, const tfm_norm_weights *nw, float *x) {
+static void block_out(tfm_decoder *d, const tfm_norm_weights *nw) {
     const tfm_config *cfg = &d->m->cfg;
-    size_t n = (size_t)d->B * cfg->d_model;
-    d->m->be->add(x, d->proj, n);
     if (cfg->norm == TFM_NORM_POST) {
-        d->m->be->layernorm_forward(d->res, d->mean, d->rstd, x, nw->w, nw->b, d->B, cfg->d_model, cfg->ln_eps);
-        d->m->be->copy(x, d->res, n * sizeof *x);
+        /* x = LayerNorm(x + proj) in one pass (the sum to res, the norm to
+         * ln, which post-LN leaves free); then ln and x trade places */
+        d->m->be->residual_dropout_layernorm(d->res, d->ln, d->mean, d->rstd, d->x, d->proj, nw->w, nw->b, d->B,
+                                             cfg->d_model, cfg->ln_eps, 0.0f, 0, 0, NULL);
+        float *t = d->x;
+        d->x = d->ln;
+        d->ln = t;
+    } else {
+        d->m->be->add(d->x, d->proj, (size_t)d->B * cfg->d_model);
     }
 }
 
@@ -310,13 +315,13 @@ static tfm_status decoder_step(tfm_decoder *d, const int32_t *tokens) {
     for (int l = 0; l < cfg->dec_layers; l++) {
         const tfm_layer_weights *w = &m->w.dec[l];
         self_attn_step(d, l, block_in(d, &w->norm_self, d->x));
-        block_out(d, &w->norm_self, d->x);
+        block_out(d, &w->norm_self);
         if (has_enc) {
             cross_attn_step(d, l, block_in(d, &w->norm_cross, d->x));
-            block_out(d, &w->norm_cross, d->x);
+            block_out(d, &w->norm_cross);
         }
         ffn_step(d, l, block_in(d, &w->norm_ffn, d->x));
-        block_out(d, &w->norm_ffn, d->x);
+        block_out(d, &w->norm_ffn);
     }
     const float *top = d->x;
     if (cfg->norm == TFM_NORM_PRE) {

@@ -195,6 +195,11 @@ static const float *packs_lookup(int trans_b, int K, int N, const float *B, int 
 #define GEMM_PAR_MIN 65536
 #endif
 
+/* Below this many elements of C the bias loop runs on one thread. */
+#ifndef BIAS_PAR_MIN
+#define BIAS_PAR_MIN 16384
+#endif
+
 /* Element (r, c) of op(X) for a row-major stored X with row stride ld. */
 #define OP_AT(X, trans, r, c, ld) ((trans) ? (X)[(size_t)(c) * (ld) + (r)] : (X)[(size_t)(r) * (ld) + (c)])
 
@@ -262,4 +267,21 @@ void OPFN(tfm_gemm)(int trans_a, int trans_b, int M, int N, int K, real alpha, c
         }
     }
 #endif
+}
+
+void OPFN(tfm_gemm_nt_bias)(int M, int N, int K, const real *A, int lda, const real *B, int ldb,
+                            const real *bias, real *C, int ldc) {
+#ifndef TFM_OPS_F64
+    if (bias && M > 0 && N > 0 && tfm_gemm_impl_for(M, N, K) == TFM_GEMM_IMPL_OWN) {
+        tfm_sgemm_avx512_bias(1, M, N, K, A, lda, B, ldb, packs_lookup(1, K, N, B, ldb), bias, C, ldc);
+        return;
+    }
+#endif
+    OPFN(tfm_gemm)(0, 1, M, N, K, 1, A, lda, B, ldb, 0, C, ldc);
+    if (!bias) return;
+#pragma omp parallel for schedule(static) if((double)M * N >= BIAS_PAR_MIN)
+    for (int i = 0; i < M; i++) {
+        real *row = C + (size_t)i * ldc;
+        for (int j = 0; j < N; j++) row[j] += bias[j];
+    }
 }

@@ -21,13 +21,7 @@
 
 void OPFN(tfm_linear_forward)(real *out, const real *in, const real *w, const real *b, int N,
                               int n_in, int n_out) {
-    OPFN(tfm_gemm)(0, 1, N, n_out, n_in, 1, in, n_in, w, n_in, 0, out, n_out);
-    if (!b) return;
-#pragma omp parallel for schedule(static) if((size_t)N * n_out >= PAR_MIN)
-    for (int n = 0; n < N; n++) {
-        real *row = out + (size_t)n * n_out;
-        for (int o = 0; o < n_out; o++) row[o] += b[o];
-    }
+    OPFN(tfm_gemm_nt_bias)(N, n_out, n_in, in, n_in, w, n_in, b, out, n_out);
 }
 
 void OPFN(tfm_linear_backward)(real *din, real *dw, real *db, const real *dout, const real *in,

@@ -5,6 +5,12 @@
 void OPFN(tfm_gemm)(int trans_a, int trans_b, int M, int N, int K, real alpha, const real *A,
                     int lda, const real *B, int ldb, real beta, real *C, int ldc);
 
+/* C[M,N] = A[M,K] B[N,K]^T + bias[N] (added to every row; bias may be NULL),
+ * row-major: the product of a linear layer's forward. With the own AVX-512
+ * kernel the bias goes in as the kernel stores C (gemm.c). */
+void OPFN(tfm_gemm_nt_bias)(int M, int N, int K, const real *A, int lda, const real *B, int ldb,
+                            const real *bias, real *C, int ldc);
+
 /* out[N,O] = in[N,I] w[O,I]^T + b[O]  (I = n_in, O = n_out;
  * PyTorch nn.Linear layout; b may be NULL) */
 void OPFN(tfm_linear_forward)(real *out, const real *in, const real *w, const real *b, int N,

@@ -73,6 +73,14 @@ void tfm_sgemm_avx512(int trans_a, int trans_b, int M, int N, int K, float alpha
     abort();
 }
 
+void tfm_sgemm_avx512_bias(int trans_b, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+                           const float *packed, const float *bias, float *C, int ldc) {
+    (void)trans_b, (void)M, (void)N, (void)K, (void)A, (void)lda, (void)B, (void)ldb, (void)packed, (void)bias;
+    (void)C, (void)ldc;
+    fprintf(stderr, "tfm_sgemm_avx512_bias: not built for this target\n");
+    abort();
+}
+
 size_t tfm_sgemm_avx512_packed_floats(int K, int N) {
     (void)K, (void)N;
     return 0;
@@ -162,7 +170,7 @@ int tfm_sgemm_avx512_available(void) {
 static inline __attribute__((always_inline)) void kernel_body(long kc, const float *restrict a,
                                                                const float *restrict b, float *restrict c,
                                                                long ldc, float alpha, float beta, int mr, int nr,
-                                                               const int a_rows) {
+                                                               const float *bias, const int a_rows) {
     __m512 acc[SG_MR][SG_NV];
 #pragma GCC unroll 32
     for (int r = 0; r < SG_MR; r++)
@@ -185,11 +193,12 @@ static inline __attribute__((always_inline)) void kernel_body(long kc, const flo
         a += a_rows ? 1 : SG_MR;
         b += SG_NR;
     }
-    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta), vbias[SG_NV];
     __mmask16 mask[SG_NV];
     for (int v = 0; v < SG_NV; v++) {
         int left = nr - 16 * v;
         mask[v] = left >= 16 ? 0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
+        vbias[v] = bias ? _mm512_maskz_loadu_ps(mask[v], bias + 16 * v) : _mm512_setzero_ps();
     }
 #pragma GCC unroll 32
     for (int r = 0; r < SG_MR; r++) {
@@ -198,6 +207,7 @@ static inline __attribute__((always_inline)) void kernel_body(long kc, const flo
 #pragma GCC unroll 4
         for (int v = 0; v < SG_NV; v++) {
             __m512 x = alpha == 1.0f ? acc[r][v] : _mm512_mul_ps(acc[r][v], va);
+            if (bias) x = _mm512_add_ps(x, vbias[v]);
             if (nr == SG_NR) {
                 if (beta != 0.0f) x = _mm512_fmadd_ps(_mm512_loadu_ps(cr + 16 * v), vb, x);
                 _mm512_storeu_ps(cr + 16 * v, x);
@@ -210,13 +220,13 @@ static inline __attribute__((always_inline)) void kernel_body(long kc, const flo
 }
 
 static void kernel_kmajor(long kc, const float *a, const float *b, float *c, long ldc, float alpha, float beta,
-                          int mr, int nr) {
-    kernel_body(kc, a, b, c, ldc, alpha, beta, mr, nr, 0);
+                          int mr, int nr, const float *bias) {
+    kernel_body(kc, a, b, c, ldc, alpha, beta, mr, nr, bias, 0);
 }
 
 static void kernel_rows(long kc, const float *a, const float *b, float *c, long ldc, float alpha, float beta,
-                        int mr, int nr) {
-    kernel_body(kc, a, b, c, ldc, alpha, beta, mr, nr, 1);
+                        int mr, int nr, const float *bias) {
+    kernel_body(kc, a, b, c, ldc, alpha, beta, mr, nr, bias, 1);
 }
 
 /* ---------------------------------------------------------------- packing */
@@ -452,6 +462,7 @@ typedef struct sg_args {
     int split_k;         /* threads own K ranges (overrides split_n) */
     float *cbuf;         /* split_k: the partial C of threads 1..nt-1, M x N each */
     const float *bpk;    /* op(B) packed once (tfm_sgemm_avx512_pack_b), or NULL: pack per block */
+    const float *bias;   /* [N] added to every row of C, or NULL */
     long npad;           /* bpk: N rounded up to NR, the row length of each of its K blocks */
 } sg_args;
 
@@ -487,7 +498,7 @@ typedef struct sg_args {
 static void sg_body(const sg_args *g, int t, int nt) {
     float ap[SG_MR * SG_KC] __attribute__((aligned(64))); /* op(A) = A: one panel */
     float *achunk = g->abuf + (size_t)t * SG_MC_T * SG_MR * g->kc_blk;
-    void (*kern)(long, const float *, const float *, float *, long, float, float, int, int) =
+    void (*kern)(long, const float *, const float *, float *, long, float, float, int, int, const float *) =
         g->trans_a ? kernel_kmajor : kernel_rows;
     long mp = (g->M + SG_MR - 1) / SG_MR, n_lo = 0, n_hi = g->N, nc_blk = g->nc_max;
     long k_lo = 0, k_hi = g->K;
@@ -582,7 +593,10 @@ static void sg_body(const sg_args *g, int t, int nt) {
                 }
                 const float *apan = g->trans_a ? achunk + (m - chunk0) * kc * SG_MR : ap;
                 int nr = n_hi - jq < SG_NR ? (int)(n_hi - jq) : SG_NR;
-                kern(kc, apan, bb + q * kc * SG_NR, C + i0 * ldc + jq, ldc, g->alpha, beta, mr, nr);
+                /* the bias goes in with the first K block of the product (in
+                 * a K split, thread 0's), once per element */
+                const float *bias = g->bias && p0 == 0 ? g->bias + jq : NULL;
+                kern(kc, apan, bb + q * kc * SG_NR, C + i0 * ldc + jq, ldc, g->alpha, beta, mr, nr, bias);
                 pf_step(&pfa);
                 pf_step(&pfb);
             }
@@ -616,9 +630,9 @@ static void scale_c(int M, int N, float beta, float *C, int ldc) {
 /* The product with op(B) read from B (bpk NULL: packed block by block) or
  * from its packed copy bpk (B unused). M, N, K >= 1, alpha != 0. */
 static void sg_run(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
-                   const float *B, int ldb, const float *bpk, float beta, float *C, int ldc) {
+                   const float *B, int ldb, const float *bpk, const float *bias, float beta, float *C, int ldc) {
     sg_args g = {.trans_a = trans_a, .trans_b = trans_b, .M = M, .N = N, .K = K, .alpha = alpha, .beta = beta,
-                 .A = A, .B = B, .C = C, .lda = lda, .ldb = ldb, .ldc = ldc, .bpk = bpk};
+                 .A = A, .B = B, .C = C, .lda = lda, .ldb = ldb, .ldc = ldc, .bpk = bpk, .bias = bias};
     long nkb = (K + SG_KC - 1) / SG_KC;
     g.kc_blk = (K + nkb - 1) / nkb;
     int nt = 1;
@@ -664,7 +678,18 @@ void tfm_sgemm_avx512(int trans_a, int trans_b, int M, int N, int K, float alpha
         scale_c(M, N, beta, C, ldc);
         return;
     }
-    sg_run(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, NULL, beta, C, ldc);
+    sg_run(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, NULL, NULL, beta, C, ldc);
+}
+
+void tfm_sgemm_avx512_bias(int trans_b, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+                           const float *packed, const float *bias, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        for (long i = 0; i < M; i++)
+            for (long j = 0; j < N; j++) C[i * ldc + j] = bias[j];
+        return;
+    }
+    sg_run(0, trans_b, M, N, K, 1.0f, A, lda, packed ? NULL : B, ldb, packed, bias, 0.0f, C, ldc);
 }
 
 size_t tfm_sgemm_avx512_packed_floats(int K, int N) {
@@ -697,7 +722,7 @@ void tfm_sgemm_avx512_packed(int trans_a, int M, int N, int K, float alpha, cons
         scale_c(M, N, beta, C, ldc);
         return;
     }
-    sg_run(trans_a, 0, M, N, K, alpha, A, lda, NULL, 0, packed, beta, C, ldc);
+    sg_run(trans_a, 0, M, N, K, alpha, A, lda, NULL, 0, packed, NULL, beta, C, ldc);
 }
 
 #pragma GCC pop_options

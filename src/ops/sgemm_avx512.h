@@ -33,6 +33,15 @@ int tfm_sgemm_avx512_available(void);
 void tfm_sgemm_avx512(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                       const float *B, int ldb, float beta, float *C, int ldc);
 
+/* C[M, N] = A[M, K] op(B)[K, N] + bias[N] (added to every row): a linear
+ * layer's forward with its bias added as the kernel stores the first K
+ * block of each tile (one pass over C fewer than a GEMM and then the bias).
+ * op(B) is read from `packed` (tfm_sgemm_avx512_pack_b with this trans_b, K
+ * and N; B unused) when not NULL, else from B. The sum's rounding order is
+ * (first K block + bias) + the later blocks. */
+void tfm_sgemm_avx512_bias(int trans_b, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
+                           const float *packed, const float *bias, float *C, int ldc);
+
 /* Pre-packed op(B): a matrix used as op(B) in many products (a weight in
  * decoding) packed once, so that the products skip packing it.
  *
