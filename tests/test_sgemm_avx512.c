@@ -40,6 +40,9 @@
  *     within the bound of the reference and bit-identical to the unpacked
  *     kernel (the same kernel calls in the same order); the packed copy sits
  *     against a guard page;
+ *   - the weight gradient with its bias gradient (tfm_sgemm_avx512_tn_sums:
+ *     column sums of A taken while packing it) at every way of sharing the
+ *     work, each sum against the double sum;
  *   - the bias epilogue (tfm_sgemm_avx512_bias, a linear layer's forward):
  *     edges, each way of sharing the work (a K split must add the bias
  *     once), K == 0, packed and unpacked op(B) bit-identical, at 1..3 threads;
@@ -415,6 +418,53 @@ static void bias_cases(void) {
     printf("bias cases at 1..%d threads: %d failed\n", max_t, failures);
 }
 
+/* tfm_sgemm_avx512_tn_sums: C = A^T B + beta C (a weight gradient) and
+ * sums += the column sums of A (its bias gradient, summed while A is
+ * packed): C within the bound, every sum within (K + 2) u sum_k |a| of the
+ * double sum plus its start value, so a row counted twice or missed fails. */
+static int run_sums_case(int M, int N, int K, int pad) {
+    int lda = M + pad, ldb = N + pad, ldc = N + pad;
+    size_t na = (size_t)(K - 1) * lda + M, nbe = (size_t)(K - 1) * ldb + N, nc = (size_t)(M - 1) * ldc + N;
+    float *A = malloc(na * sizeof *A), *B = malloc(nbe * sizeof *B), *C0 = malloc(nc * sizeof *C0),
+          *C = malloc(nc * sizeof *C), *sums = malloc(M * sizeof *sums), *start = malloc(M * sizeof *start);
+    for (size_t e = 0; e < na; e++) A[e] = (long)(e % lda) < M ? rnd() : NAN;
+    for (size_t e = 0; e < nbe; e++) B[e] = (long)(e % ldb) < N ? rnd() : NAN;
+    for (size_t e = 0; e < nc; e++) C0[e] = C[e] = (long)(e % ldc) < N ? rnd() : SENTINEL;
+    for (int i = 0; i < M; i++) sums[i] = start[i] = rnd();
+    tfm_sgemm_avx512_tn_sums(M, N, K, A, lda, B, ldb, 1, C, ldc, sums);
+    int ok = check("tn_sums", 1, 0, M, N, K, 1, A, lda, B, ldb, 1, C0, C, ldc);
+    double worst = 0;
+    for (int i = 0; i < M; i++) {
+        double ref = start[i], mag = fabs(start[i]);
+        for (int k = 0; k < K; k++) ref += A[(size_t)k * lda + i], mag += fabs(A[(size_t)k * lda + i]);
+        double r = fabs(sums[i] - ref) / ((K + 2) * U * mag);
+        if (r > worst) worst = r;
+    }
+    CHECK(worst <= 1, "tn_sums M=%d N=%d K=%d: a column sum is off by %.1f x its bound", M, N, K, worst);
+    free(A), free(B), free(C0), free(C), free(sums), free(start);
+    return ok && worst <= 1;
+}
+
+static void sums_cases(void) {
+    /* K split (one and two N blocks), own columns, blocks shared with a
+     * thread's run starting inside a row panel, edges */
+    static const int MNK[][3] = {{37, 45, 3000}, {100, 200, 1300}, {256, 1024, 1536}, {5, 2000, 300},
+                                 {700, 300, 200}, {13, 17, 5}, {1, 1, 1}, {768, 256, 1536}};
+    int max_t = 3, failures = 0;
+#ifdef _OPENMP
+    int saved = omp_get_max_threads();
+#endif
+    for (int t = 1; t <= max_t; t++) {
+        set_threads(t);
+        for (size_t i = 0; i < sizeof MNK / sizeof *MNK; i++)
+            failures += !run_sums_case(MNK[i][0], MNK[i][1], MNK[i][2], (int)(i % 3));
+    }
+#ifdef _OPENMP
+    set_threads(saved);
+#endif
+    printf("tn_sums cases at 1..%d threads: %d failed\n", max_t, failures);
+}
+
 /* tfm_gemm's packed-weight cache. */
 static void cache_cases(void) {
     enum { M = 40, N = 70, K = 300, NW = 4 * N * K };
@@ -497,6 +547,7 @@ int main(void) {
     dispatch_case();
     packed_cases();
     bias_cases();
+    sums_cases();
     cache_cases();
     printf("worst error seen: %.1f u S (bound: (kc + 2 nb + 4) u S)\n", g_worst_ratio);
     return tfm_test_finish();

@@ -285,3 +285,15 @@ void OPFN(tfm_gemm_nt_bias)(int M, int N, int K, const real *A, int lda, const r
         for (int j = 0; j < N; j++) row[j] += bias[j];
     }
 }
+
+int OPFN(tfm_gemm_tn_sums)(int M, int N, int K, const real *A, int lda, const real *B, int ldb, real beta,
+                           real *C, int ldc, real *sums) {
+#ifndef TFM_OPS_F64
+    if (sums && M > 0 && N > 0 && K > 0 && tfm_gemm_impl_for(M, N, K) == TFM_GEMM_IMPL_OWN) {
+        tfm_sgemm_avx512_tn_sums(M, N, K, A, lda, B, ldb, beta, C, ldc, sums);
+        return 1;
+    }
+#endif
+    OPFN(tfm_gemm)(1, 0, M, N, K, 1, A, lda, B, ldb, beta, C, ldc);
+    return 0;
+}

@@ -27,7 +27,10 @@ void OPFN(tfm_linear_forward)(real *out, const real *in, const real *w, const re
 void OPFN(tfm_linear_backward)(real *din, real *dw, real *db, const real *dout, const real *in,
                                const real *w, int N, int n_in, int n_out, int accumulate) {
     if (din) OPFN(tfm_gemm)(0, 0, N, n_in, n_out, 1, dout, n_out, w, n_in, accumulate ? 1 : 0, din, n_in);
-    if (dw) OPFN(tfm_gemm)(1, 0, n_out, n_in, N, 1, dout, n_out, in, n_in, 1, dw, n_in);
+    if (dw) {
+        /* with the own AVX-512 kernel, db is summed while it packs dout */
+        if (OPFN(tfm_gemm_tn_sums)(n_out, n_in, N, dout, n_out, in, n_in, 1, dw, n_in, db)) return;
+    }
     if (db) {
         /* Threads own column blocks and walk the rows in order: contiguous
          * reads, and the same sum order at any thread count. */

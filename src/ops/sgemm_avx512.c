@@ -73,6 +73,13 @@ void tfm_sgemm_avx512(int trans_a, int trans_b, int M, int N, int K, float alpha
     abort();
 }
 
+void tfm_sgemm_avx512_tn_sums(int M, int N, int K, const float *A, int lda, const float *B, int ldb, float beta,
+                              float *C, int ldc, float *sums) {
+    (void)M, (void)N, (void)K, (void)A, (void)lda, (void)B, (void)ldb, (void)beta, (void)C, (void)ldc, (void)sums;
+    fprintf(stderr, "tfm_sgemm_avx512_tn_sums: not built for this target\n");
+    abort();
+}
+
 void tfm_sgemm_avx512_bias(int trans_b, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
                            const float *packed, const float *bias, float *C, int ldc) {
     (void)trans_b, (void)M, (void)N, (void)K, (void)A, (void)lda, (void)B, (void)ldb, (void)packed, (void)bias;
@@ -286,10 +293,19 @@ static void pack_transpose(float *restrict dst, long dst_ld, const float *restri
  * contiguous run of rows * 4 bytes: one panel at a time read 48 bytes of
  * each of kc rows lda apart, and at lda = 1024 those lines share a few L2
  * sets and were evicted before the next panel read the rest of them. */
-static void pack_a_t_chunk(float *restrict ap, const float *A, long lda, long i0, long rows, long p0, long kc) {
+static void pack_a_t_chunk(float *restrict ap, const float *A, long lda, long i0, long rows, long p0, long kc,
+                           float *restrict sums, long sum_from) {
     long np = (rows + SG_MR - 1) / SG_MR, full = rows / SG_MR;
     const float *src = A + p0 * lda + i0;
     for (long k = 0; k < kc; k++, src += lda) {
+        /* sums[r] += op(A)[i0 + r, p0 + k] for rows r >= sum_from (a weight
+         * gradient's bias gradient, read while the rows are in L1) */
+        if (sums)
+            for (long l = sum_from; l < rows; l += 16) {
+                __mmask16 m = lanes((int)(rows - l));
+                _mm512_mask_storeu_ps(sums + l, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, sums + l),
+                                                                 _mm512_maskz_loadu_ps(m, src + l)));
+            }
         for (long l = 0; l < rows; l += 16) _mm_prefetch((const char *)(src + SG_PF_C * lda + l), _MM_HINT_T0);
         float *dst = ap + k * SG_MR;
         for (long c = 0; c < full; c++) {
@@ -463,6 +479,8 @@ typedef struct sg_args {
     float *cbuf;         /* split_k: the partial C of threads 1..nt-1, M x N each */
     const float *bpk;    /* op(B) packed once (tfm_sgemm_avx512_pack_b), or NULL: pack per block */
     const float *bias;   /* [N] added to every row of C, or NULL */
+    float *sums;         /* op(A) = A^T: [M] += the row sums of op(A), or NULL (see sg_body) */
+    float *sbuf;         /* sums in a K split: the partial sums of threads 1..nt-1, M each */
     long npad;           /* bpk: N rounded up to NR, the row length of each of its K blocks */
 } sg_args;
 
@@ -525,6 +543,10 @@ static void sg_body(const sg_args *g, int t, int nt) {
         nc_blk = ((n_hi - n_lo + nnb - 1) / nnb + SG_NR - 1) / SG_NR * SG_NR;
         share = 1;
     }
+    /* row sums: thread t > 0 of a K split into its own buffer (added below) */
+    float *sum_dst = g->sums && g->split_k && t > 0 ? g->sbuf + (size_t)(t - 1) * g->M : g->sums;
+    if (g->sums && g->split_k && t > 0)
+        for (long i = 0; i < g->M; i++) sum_dst[i] = 0.0f;
     long round = 0, u = share > 1 ? t : 0;
     for (long j0 = n_lo; j0 < n_hi; j0 += nc_blk) {
         long nc = n_hi - j0 < nc_blk ? n_hi - j0 : nc_blk;
@@ -573,7 +595,15 @@ static void sg_body(const sg_args *g, int t, int nt) {
                     chunk1 = (t1 - 1) / np + 1;
                     if (chunk1 > m + SG_MC_T) chunk1 = m + SG_MC_T;
                     long rows = (chunk1 * SG_MR < g->M ? chunk1 * SG_MR : g->M) - i0;
-                    pack_a_t_chunk(achunk, g->A, g->lda, i0, rows, p0, kc);
+                    /* Row sums: every element of op(A) once. Each thread
+                     * packs its panels once per N block, so only on its
+                     * first; a row panel shared by two runs counts for the
+                     * run holding its first tile; with own columns every
+                     * thread packs all of A, so thread 0 alone. */
+                    float *sums = g->sums && j0 == n_lo && (!g->split_n || t == 0) ? sum_dst + i0 : NULL;
+                    long sum_from = m * np < t0 ? SG_MR : 0;
+                    if (sums && sum_from >= rows) sums = NULL;
+                    pack_a_t_chunk(achunk, g->A, g->lda, i0, rows, p0, kc, sums, sum_from);
                     /* the next chunk of the run, prefetched over this one's tiles */
                     long next1 = (t1 - 1) / np + 1, in = chunk1 * SG_MR;
                     if (next1 > chunk1 + SG_MC_T) next1 = chunk1 + SG_MC_T;
@@ -618,6 +648,9 @@ static void sg_body(const sg_args *g, int t, int nt) {
                 _mm512_mask_storeu_ps(c + j, m, x);
             }
         }
+        if (g->sums && t == 0) /* after the barrier: the other threads' row sums, in thread order */
+            for (long i = 0; i < g->M; i++)
+                for (int u = 1; u < nt; u++) g->sums[i] += g->sbuf[(size_t)(u - 1) * g->M + i];
     }
 }
 
@@ -630,9 +663,11 @@ static void scale_c(int M, int N, float beta, float *C, int ldc) {
 /* The product with op(B) read from B (bpk NULL: packed block by block) or
  * from its packed copy bpk (B unused). M, N, K >= 1, alpha != 0. */
 static void sg_run(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
-                   const float *B, int ldb, const float *bpk, const float *bias, float beta, float *C, int ldc) {
+                   const float *B, int ldb, const float *bpk, const float *bias, float *sums, float beta, float *C,
+                   int ldc) {
     sg_args g = {.trans_a = trans_a, .trans_b = trans_b, .M = M, .N = N, .K = K, .alpha = alpha, .beta = beta,
-                 .A = A, .B = B, .C = C, .lda = lda, .ldb = ldb, .ldc = ldc, .bpk = bpk, .bias = bias};
+                 .A = A, .B = B, .C = C, .lda = lda, .ldb = ldb, .ldc = ldc, .bpk = bpk, .bias = bias,
+                 .sums = sums};
     long nkb = (K + SG_KC - 1) / SG_KC;
     g.kc_blk = (K + nkb - 1) / nkb;
     int nt = 1;
@@ -658,9 +693,11 @@ static void sg_run(int trans_a, int trans_b, int M, int N, int K, float alpha, c
     size_t nb = bpk ? 0 : nbuf * g.kc_blk * g.nc_max;
     size_t na = trans_a ? (size_t)nt * SG_MC_T * SG_MR * g.kc_blk : 0;
     size_t ncb = g.split_k ? (size_t)(nt - 1) * M * N : 0;
-    g.bbuf = b_buffer(nb + na + ncb > 0 ? nb + na + ncb : 16);
+    size_t nsb = g.split_k && sums ? (size_t)(nt - 1) * M : 0;
+    g.bbuf = b_buffer(nb + na + ncb + nsb > 0 ? nb + na + ncb + nsb : 16);
     g.abuf = g.bbuf + nb;
     g.cbuf = g.abuf + na;
+    g.sbuf = g.cbuf + ncb;
     if (nt <= 1) {
         sg_body(&g, 0, 1);
         return;
@@ -678,7 +715,17 @@ void tfm_sgemm_avx512(int trans_a, int trans_b, int M, int N, int K, float alpha
         scale_c(M, N, beta, C, ldc);
         return;
     }
-    sg_run(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, NULL, NULL, beta, C, ldc);
+    sg_run(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, NULL, NULL, NULL, beta, C, ldc);
+}
+
+void tfm_sgemm_avx512_tn_sums(int M, int N, int K, const float *A, int lda, const float *B, int ldb, float beta,
+                              float *C, int ldc, float *sums) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        scale_c(M, N, beta, C, ldc);
+        return;
+    }
+    sg_run(1, 0, M, N, K, 1.0f, A, lda, B, ldb, NULL, NULL, sums, beta, C, ldc);
 }
 
 void tfm_sgemm_avx512_bias(int trans_b, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
@@ -689,7 +736,7 @@ void tfm_sgemm_avx512_bias(int trans_b, int M, int N, int K, const float *A, int
             for (long j = 0; j < N; j++) C[i * ldc + j] = bias[j];
         return;
     }
-    sg_run(0, trans_b, M, N, K, 1.0f, A, lda, packed ? NULL : B, ldb, packed, bias, 0.0f, C, ldc);
+    sg_run(0, trans_b, M, N, K, 1.0f, A, lda, packed ? NULL : B, ldb, packed, bias, NULL, 0.0f, C, ldc);
 }
 
 size_t tfm_sgemm_avx512_packed_floats(int K, int N) {
@@ -722,7 +769,7 @@ void tfm_sgemm_avx512_packed(int trans_a, int M, int N, int K, float alpha, cons
         scale_c(M, N, beta, C, ldc);
         return;
     }
-    sg_run(trans_a, 0, M, N, K, alpha, A, lda, NULL, 0, packed, NULL, beta, C, ldc);
+    sg_run(trans_a, 0, M, N, K, alpha, A, lda, NULL, 0, packed, NULL, NULL, beta, C, ldc);
 }
 
 #pragma GCC pop_options

@@ -42,6 +42,14 @@ void tfm_sgemm_avx512(int trans_a, int trans_b, int M, int N, int K, float alpha
 void tfm_sgemm_avx512_bias(int trans_b, int M, int N, int K, const float *A, int lda, const float *B, int ldb,
                            const float *packed, const float *bias, float *C, int ldc);
 
+/* C[M, N] = A^T[M, K] B[K, N] + beta C (A stored [K, M], lda >= M) and
+ * sums[M] += the row sums of A^T (sums[i] += sum_k A[k, i]): a linear
+ * layer's weight gradient dW = dout^T in with its bias gradient, summed
+ * while the packing reads dout. In a K split each thread sums its K range
+ * and thread 0 adds the others' sums in thread order. */
+void tfm_sgemm_avx512_tn_sums(int M, int N, int K, const float *A, int lda, const float *B, int ldb, float beta,
+                              float *C, int ldc, float *sums);
+
 /* Pre-packed op(B): a matrix used as op(B) in many products (a weight in
  * decoding) packed once, so that the products skip packing it.
  *
