@@ -56,6 +56,16 @@ static void random_src(int32_t *src, int B, int S, int V, tfm_rng *r) {
     }
 }
 
+/* max |full - cached| / max |full| over one row of V logits */
+static double rel_diff(const float *full, const float *cached, int V) {
+    double mx = 0, md = 0;
+    for (int v = 0; v < V; v++) {
+        md = fmax(md, fabs(full[v] - cached[v]));
+        mx = fmax(mx, fabs(full[v]));
+    }
+    return md / mx;
+}
+
 static void check_translation(const char *name, tfm_config cfg) {
     tfm_model m;
     CHECK(tfm_model_init(&m, &cfg, 11) == TFM_OK, "%s: %s", name, tfm_last_error());
@@ -92,14 +102,8 @@ static void check_translation(const char *name, tfm_config cfg) {
         CHECK(tfm_model_forward(&m, &ws, &batch, 0, 0) == TFM_OK, "%s", tfm_last_error());
         for (int b = 0; b < B; b++) {
             if (out_u[b * MAXLEN + (t > 0 ? t - 1 : 0)] == cfg.pad_id && t > 0) continue; /* finished row */
-            const float *full = ws.logits + ((size_t)b * (t + 1) + t) * cfg.tgt_vocab;
-            const float *cached = dec.logits + (size_t)b * cfg.tgt_vocab;
-            double mx = 0, md = 0;
-            for (int v = 0; v < cfg.tgt_vocab; v++) {
-                md = fmax(md, fabs(full[v] - cached[v]));
-                mx = fmax(mx, fabs(full[v]));
-            }
-            worst = fmax(worst, md / mx);
+            worst = fmax(worst, rel_diff(ws.logits + ((size_t)b * (t + 1) + t) * cfg.tgt_vocab,
+                                         dec.logits + (size_t)b * cfg.tgt_vocab, cfg.tgt_vocab));
         }
     }
     printf("%-28s worst rel err of cached step logits %.2e\n", name, worst);
@@ -232,14 +236,8 @@ static void check_reorder_groups(void) {
         tfm_batch batch = {.B = n, .S = S, .T = t + 1, .src = srcx, .tgt_in = prefix};
         CHECK(tfm_model_forward(&m, &ws, &batch, 0, 0) == TFM_OK, "%s", tfm_last_error());
         for (int i = 0; i < n; i++) {
-            const float *full = ws.logits + ((size_t)i * (t + 1) + t) * cfg.tgt_vocab;
-            const float *cached = dec.logits + (size_t)i * cfg.tgt_vocab;
-            double mx = 0, md = 0;
-            for (int v = 0; v < cfg.tgt_vocab; v++) {
-                md = fmax(md, fabs(full[v] - cached[v]));
-                mx = fmax(mx, fabs(full[v]));
-            }
-            worst = fmax(worst, md / mx);
+            worst = fmax(worst, rel_diff(ws.logits + ((size_t)i * (t + 1) + t) * cfg.tgt_vocab,
+                                         dec.logits + (size_t)i * cfg.tgt_vocab, cfg.tgt_vocab));
         }
         if (t == T - 1) break;
         int sent2[N];

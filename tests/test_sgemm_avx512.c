@@ -208,6 +208,17 @@ static void set_threads(int t) {
 #endif
 }
 
+/* set_threads(t), returning the thread count to restore afterwards */
+static int set_threads_saving(int t) {
+#ifdef _OPENMP
+    int saved = omp_get_max_threads();
+#else
+    int saved = 1;
+#endif
+    set_threads(t);
+    return saved;
+}
+
 static void large_cases(void) {
     static const struct {
         int ta, tb, M, N, K;
@@ -402,20 +413,15 @@ static void bias_cases(void) {
      * (small C, long K: only thread 0 may add the bias); K == 0 (C = bias) */
     static const int MNK[][3] = {{1, 1, 1}, {5, 17, 3}, {13, 33, 64}, {12, 32, 256}, {67, 531, 517},
                                  {5, 2000, 300}, {37, 45, 3000}, {100, 200, 1300}, {3, 7, 0}, {256, 1536, 512}};
-    int max_t = 3, failures = 0;
-#ifdef _OPENMP
-    int saved = omp_get_max_threads();
-#endif
-    for (int t = 1; t <= max_t; t++) {
-        set_threads(t);
+    int failures = 0;
+    for (int t = 1; t <= 3; t++) {
+        int saved = set_threads_saving(t);
         for (size_t i = 0; i < sizeof MNK / sizeof *MNK; i++)
             for (int tb = 0; tb < 2; tb++)
                 failures += !run_bias_case(tb, MNK[i][0], MNK[i][1], MNK[i][2], (int)(i % 3));
+        set_threads(saved);
     }
-#ifdef _OPENMP
-    set_threads(saved);
-#endif
-    printf("bias cases at 1..%d threads: %d failed\n", max_t, failures);
+    printf("bias cases at 1..3 threads: %d failed\n", failures);
 }
 
 /* tfm_sgemm_avx512_tn_sums: C = A^T B + beta C (a weight gradient) and
@@ -450,19 +456,14 @@ static void sums_cases(void) {
      * thread's run starting inside a row panel, edges */
     static const int MNK[][3] = {{37, 45, 3000}, {100, 200, 1300}, {256, 1024, 1536}, {5, 2000, 300},
                                  {700, 300, 200}, {13, 17, 5}, {1, 1, 1}, {768, 256, 1536}};
-    int max_t = 3, failures = 0;
-#ifdef _OPENMP
-    int saved = omp_get_max_threads();
-#endif
-    for (int t = 1; t <= max_t; t++) {
-        set_threads(t);
+    int failures = 0;
+    for (int t = 1; t <= 3; t++) {
+        int saved = set_threads_saving(t);
         for (size_t i = 0; i < sizeof MNK / sizeof *MNK; i++)
             failures += !run_sums_case(MNK[i][0], MNK[i][1], MNK[i][2], (int)(i % 3));
+        set_threads(saved);
     }
-#ifdef _OPENMP
-    set_threads(saved);
-#endif
-    printf("tn_sums cases at 1..%d threads: %d failed\n", max_t, failures);
+    printf("tn_sums cases at 1..3 threads: %d failed\n", failures);
 }
 
 /* tfm_gemm's packed-weight cache. */
