@@ -16,7 +16,9 @@
  *
  * Cases:
  *   - every M, N, K in {1, 2, 3, 5, 7, 11, 12, 13, 16, 17, 24, 31, 32, 33,
- *     47, 64, 67} (edges of the 12 x 32 tile and the 16-wide packing), all four
+ *     47, 64, 67} (edges of the 12 x 32 tile and the 16-wide packing; last
+ *     row panels of 1-4, 5-8 and 9-12 rows, which take the 4-, 8- and
+ *     12-row kernels), all four
  *     transposes, alpha / beta cycling through (1, 0) with C full of NaN,
  *     (1, 1), (-0.5, 0.25), (2, -1), and leading dimensions either tight or
  *     padded by 1..5 elements; the padding of A, B and C holds NaN or a

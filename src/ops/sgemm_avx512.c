@@ -177,13 +177,14 @@ int tfm_sgemm_avx512_available(void) {
 static inline __attribute__((always_inline)) void kernel_body(long kc, const float *restrict a,
                                                                const float *restrict b, float *restrict c,
                                                                long ldc, float alpha, float beta, int mr, int nr,
-                                                               const float *bias, const int a_rows) {
+                                                               const float *bias, const int a_rows, const int R) {
+    /* R (a constant: 12, 8 or 4) rows computed; mr <= R of them stored */
     __m512 acc[SG_MR][SG_NV];
 #pragma GCC unroll 32
-    for (int r = 0; r < SG_MR; r++)
+    for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
         for (int v = 0; v < SG_NV; v++) acc[r][v] = _mm512_setzero_ps();
-    for (int r = 0; r < SG_MR && r < mr; r++) {
+    for (int r = 0; r < R && r < mr; r++) {
         _mm_prefetch((const char *)(c + r * ldc), _MM_HINT_T0);
         _mm_prefetch((const char *)(c + r * ldc + SG_NR - 1), _MM_HINT_T0);
     }
@@ -192,7 +193,7 @@ static inline __attribute__((always_inline)) void kernel_body(long kc, const flo
 #pragma GCC unroll 4
         for (int v = 0; v < SG_NV; v++) bv[v] = _mm512_load_ps(b + 16 * v);
 #pragma GCC unroll 32
-        for (int r = 0; r < SG_MR; r++) {
+        for (int r = 0; r < R; r++) {
             __m512 av = _mm512_set1_ps(a_rows ? a[r * SG_KC] : a[r]);
 #pragma GCC unroll 4
             for (int v = 0; v < SG_NV; v++) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
@@ -208,7 +209,7 @@ static inline __attribute__((always_inline)) void kernel_body(long kc, const flo
         vbias[v] = bias ? _mm512_maskz_loadu_ps(mask[v], bias + 16 * v) : _mm512_setzero_ps();
     }
 #pragma GCC unroll 32
-    for (int r = 0; r < SG_MR; r++) {
+    for (int r = 0; r < R; r++) {
         if (r >= mr) break;
         float *cr = c + r * ldc;
 #pragma GCC unroll 4
@@ -226,14 +227,29 @@ static inline __attribute__((always_inline)) void kernel_body(long kc, const flo
     }
 }
 
-static void kernel_kmajor(long kc, const float *a, const float *b, float *c, long ldc, float alpha, float beta,
-                          int mr, int nr, const float *bias) {
-    kernel_body(kc, a, b, c, ldc, alpha, beta, mr, nr, bias, 0);
-}
+/* The kernels: A panel layout (k-major for op(A) = A^T, row-major for A) x
+ * rows computed. A tile with few real rows (the last row panel of M = 256
+ * or 64, a decoding step's batch: 4 of 12) takes a shorter kernel: its time
+ * is per row computed. Each row's sums are the same in every variant. */
+#define SG_KERNEL(name, a_rows, R)                                                                               \
+    static void name(long kc, const float *a, const float *b, float *c, long ldc, float alpha, float beta, int mr, \
+                     int nr, const float *bias) {                                                                \
+        kernel_body(kc, a, b, c, ldc, alpha, beta, mr, nr, bias, a_rows, R);                                     \
+    }
+SG_KERNEL(kernel_kmajor, 0, SG_MR)
+SG_KERNEL(kernel_kmajor8, 0, 8)
+SG_KERNEL(kernel_kmajor4, 0, 4)
+SG_KERNEL(kernel_rows, 1, SG_MR)
+SG_KERNEL(kernel_rows8, 1, 8)
+SG_KERNEL(kernel_rows4, 1, 4)
 
-static void kernel_rows(long kc, const float *a, const float *b, float *c, long ldc, float alpha, float beta,
-                        int mr, int nr, const float *bias) {
-    kernel_body(kc, a, b, c, ldc, alpha, beta, mr, nr, bias, 1);
+typedef void (*sg_kernel)(long, const float *, const float *, float *, long, float, float, int, int, const float *);
+
+/* The kernel for a tile of mr real rows. */
+static inline sg_kernel kernel_for(int trans_a, int mr) {
+    if (mr <= 4) return trans_a ? kernel_kmajor4 : kernel_rows4;
+    if (mr <= 8) return trans_a ? kernel_kmajor8 : kernel_rows8;
+    return trans_a ? kernel_kmajor : kernel_rows;
 }
 
 /* ---------------------------------------------------------------- packing */
@@ -516,8 +532,6 @@ typedef struct sg_args {
 static void sg_body(const sg_args *g, int t, int nt) {
     float ap[SG_MR * SG_KC] __attribute__((aligned(64))); /* op(A) = A: one panel */
     float *achunk = g->abuf + (size_t)t * SG_MC_T * SG_MR * g->kc_blk;
-    void (*kern)(long, const float *, const float *, float *, long, float, float, int, int, const float *) =
-        g->trans_a ? kernel_kmajor : kernel_rows;
     long mp = (g->M + SG_MR - 1) / SG_MR, n_lo = 0, n_hi = g->N, nc_blk = g->nc_max;
     long k_lo = 0, k_hi = g->K;
     float *C = g->C, beta0 = g->beta;
@@ -626,7 +640,8 @@ static void sg_body(const sg_args *g, int t, int nt) {
                 /* the bias goes in with the first K block of the product (in
                  * a K split, thread 0's), once per element */
                 const float *bias = g->bias && p0 == 0 ? g->bias + jq : NULL;
-                kern(kc, apan, bb + q * kc * SG_NR, C + i0 * ldc + jq, ldc, g->alpha, beta, mr, nr, bias);
+                kernel_for(g->trans_a, mr)(kc, apan, bb + q * kc * SG_NR, C + i0 * ldc + jq, ldc, g->alpha, beta, mr,
+                                           nr, bias);
                 pf_step(&pfa);
                 pf_step(&pfb);
             }
