@@ -32,6 +32,10 @@
 
 #include "ops/sgemm_avx512.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #ifdef TFM_HAVE_CBLAS
 #include <cblas.h>
 #endif
@@ -195,7 +199,8 @@ static const float *packs_lookup(int trans_b, int K, int N, const float *B, int 
 #define GEMM_PAR_MIN 65536
 #endif
 
-/* Below this many elements of C the bias loop runs on one thread. */
+/* Below this many elements of C (or of A, for its column sums) the bias
+ * loops run on one thread. */
 #ifndef BIAS_PAR_MIN
 #define BIAS_PAR_MIN 16384
 #endif
@@ -286,14 +291,29 @@ void OPFN(tfm_gemm_nt_bias)(int M, int N, int K, const real *A, int lda, const r
     }
 }
 
-int OPFN(tfm_gemm_tn_sums)(int M, int N, int K, const real *A, int lda, const real *B, int ldb, real beta,
-                           real *C, int ldc, real *sums) {
+void OPFN(tfm_gemm_tn_sums)(int M, int N, int K, const real *A, int lda, const real *B, int ldb, real beta,
+                            real *C, int ldc, real *sums) {
 #ifndef TFM_OPS_F64
-    if (sums && M > 0 && N > 0 && K > 0 && tfm_gemm_impl_for(M, N, K) == TFM_GEMM_IMPL_OWN) {
+    if (C && sums && M > 0 && N > 0 && K > 0 && tfm_gemm_impl_for(M, N, K) == TFM_GEMM_IMPL_OWN) {
         tfm_sgemm_avx512_tn_sums(M, N, K, A, lda, B, ldb, beta, C, ldc, sums);
-        return 1;
+        return;
     }
 #endif
-    OPFN(tfm_gemm)(1, 0, M, N, K, 1, A, lda, B, ldb, beta, C, ldc);
-    return 0;
+    if (C) OPFN(tfm_gemm)(1, 0, M, N, K, 1, A, lda, B, ldb, beta, C, ldc);
+    if (!sums) return;
+    /* Threads own column blocks of A and walk its rows in order: contiguous
+     * reads, and the same sum order at any thread count. */
+#pragma omp parallel if((double)K * M >= BIAS_PAR_MIN)
+    {
+#ifdef _OPENMP
+        int nt = omp_get_num_threads(), t = omp_get_thread_num();
+#else
+        int nt = 1, t = 0;
+#endif
+        int lo = (int)((long)M * t / nt), hi = (int)((long)M * (t + 1) / nt);
+        for (int k = 0; k < K; k++) {
+            const real *row = A + (size_t)k * lda;
+            for (int i = lo; i < hi; i++) sums[i] += row[i];
+        }
+    }
 }

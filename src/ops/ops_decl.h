@@ -12,12 +12,11 @@ void OPFN(tfm_gemm_nt_bias)(int M, int N, int K, const real *A, int lda, const r
                             const real *bias, real *C, int ldc);
 
 /* C[M,N] = A[K,M]^T B[K,N] + beta C, row-major (a linear layer's weight
- * gradient, A = dout); when sums is not NULL, also sums[M] += the column
- * sums of A (the bias gradient) and returns 1, if the own AVX-512 kernel
- * runs the product and sums them while packing A; else runs the product
- * alone and returns 0 (the caller sums). */
-int OPFN(tfm_gemm_tn_sums)(int M, int N, int K, const real *A, int lda, const real *B, int ldb, real beta,
-                           real *C, int ldc, real *sums);
+ * gradient, A = dout), and sums[M] += the column sums of A (its bias
+ * gradient). Either C or sums may be NULL (skipped). With the own AVX-512
+ * kernel the sums are taken while it packs A (gemm.c). */
+void OPFN(tfm_gemm_tn_sums)(int M, int N, int K, const real *A, int lda, const real *B, int ldb, real beta,
+                            real *C, int ldc, real *sums);
 
 /* out[N,O] = in[N,I] w[O,I]^T + b[O]  (I = n_in, O = n_out;
  * PyTorch nn.Linear layout; b may be NULL) */
